@@ -1,0 +1,1 @@
+"""Reading images and masks, dataset layouts and the built-in demo data."""

@@ -1,0 +1,1 @@
+"""Training, evaluation, prediction and calibration: the jobs the command line runs."""

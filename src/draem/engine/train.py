@@ -1,0 +1,267 @@
+"""Train DRAEM on defect-free images: the whole loop, checkpoints and resumption."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from draem.data.datasets import TrainImages
+from draem.data.images import FIT_MODES
+from draem.data.mvtec import category_dir, list_train_images
+from draem.engine.devices import autocast, resolve_device
+from draem.engine.run import ModelInfo, RunFiles, read_torch_file, save_model, versions
+from draem.errors import DraemError
+from draem.files import save_torch, write_json, write_text
+from draem.losses import draem_loss
+from draem.models import Draem
+from draem.synthesis.simulator import SimulationConfig, simulate_anomalies
+from draem.synthesis.sources import list_texture_images, procedural_textures
+
+log = logging.getLogger("draem")
+
+LOSS_COLUMNS = ("step", "epoch", "lr", "l2", "ssim", "focal", "total", "images_per_s")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; saved whole into the run directory."""
+
+    data: str
+    out: str
+    category: str | None = None
+    epochs: int = 700
+    max_steps: int | None = None
+    batch_size: int = 8
+    image_size: int = 256
+    fit: str = "resize"
+    recon_width: int = 128
+    seg_width: int = 64
+    lr: float = 1e-4
+    lr_milestones: tuple[float, ...] = (0.8, 0.9)
+    lr_gamma: float = 0.2
+    anomaly_source: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    workers: int = 0
+    checkpoint_every: int = 500
+    resume: bool = False
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """Rebuild a config saved with dataclasses.asdict."""
+        values = dict(values, simulation=SimulationConfig(**values["simulation"]),
+                      lr_milestones=tuple(values["lr_milestones"]))
+        return cls(**values)
+
+
+def resumed_config(config: TrainConfig) -> TrainConfig:
+    """With --resume, the run's saved settings win; only device and workers may change."""
+    files = RunFiles(Path(config.out))
+    if not config.resume or not files.config.exists():
+        return config
+    try:
+        saved = TrainConfig.from_dict(json.loads(files.config.read_text())["train"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DraemError(f"{files.config}: cannot read the run's saved settings ({exc})") from exc
+    return replace(saved, device=config.device, workers=config.workers, resume=True)
+
+
+def _check(config: TrainConfig) -> None:
+    positive = {"--epochs": config.epochs, "--batch-size": config.batch_size,
+                "--image-size": config.image_size, "--recon-width": config.recon_width,
+                "--seg-width": config.seg_width, "--checkpoint-every": config.checkpoint_every}
+    for flag, value in positive.items():
+        if value < 1:
+            raise DraemError(f"{flag} {value}: must be at least 1")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise DraemError(f"--max-steps {config.max_steps}: must be at least 1")
+    if config.image_size % 32:
+        raise DraemError(f"--image-size {config.image_size}: must be a multiple of 32 "
+                         "(the discriminative network halves it five times)")
+    if config.fit not in FIT_MODES:
+        raise DraemError(f"--fit {config.fit}: expected one of {', '.join(FIT_MODES)}")
+
+
+def epoch_batches(images: int, textures: int, batch_size: int, seed: int, epoch: int
+                  ) -> list[list[tuple[int, int]]]:
+    """The (image, texture) index batches of one epoch: a seeded shuffle, the last batch partial."""
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+    order = torch.randperm(images, generator=generator).tolist()
+    picks = torch.randint(0, max(textures, 1), (images,), generator=generator).tolist()
+    pairs = list(zip(order, picks, strict=True))
+    return [pairs[i:i + batch_size] for i in range(0, images, batch_size)]
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator that draws every simulated anomaly of one step."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 1]).generate_state(1)[0]))
+
+
+class StopRequest:
+    """Turns the first Ctrl-C or SIGTERM into a request honoured after the current step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self) -> StopRequest:
+        self._previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in self._previous:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _loss_log(files: RunFiles, resume_step: int) -> csv.writer:
+    """Open losses.csv for appending, keeping only the rows of steps the checkpoint covers."""
+    rows: list[list[str]] = []
+    if resume_step and files.losses.exists():
+        with files.losses.open(newline="") as stream:
+            rows = [r for r in list(csv.reader(stream))[1:] if r and int(r[0]) <= resume_step]
+    lines = [",".join(LOSS_COLUMNS)] + [",".join(r) for r in rows]
+    write_text(files.losses, "\n".join(lines) + "\n")
+    return files.losses.open("a", newline="", buffering=1)
+
+
+def _tensorboard(root: Path) -> object | None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(root / "tensorboard"))
+
+
+def _source_batch(batch: dict[str, torch.Tensor], size: int, generator: torch.Generator,
+                  device: torch.device) -> torch.Tensor:
+    if "source" in batch:
+        return batch["source"].to(device, non_blocking=True)
+    return procedural_textures(batch["image"].shape[0], size, generator, device)
+
+
+def _batches(dataset: TrainImages, config: TrainConfig, textures: int, epoch: int,
+             skip: int) -> Iterator[dict[str, torch.Tensor]]:
+    batches = epoch_batches(len(dataset), textures, config.batch_size, config.seed, epoch)[skip:]
+    return iter(DataLoader(dataset, batch_sampler=batches, num_workers=config.workers,
+                           pin_memory=False))
+
+
+def train(config: TrainConfig) -> Path:
+    """Train a model as `config` says and return the path of the saved model."""
+    config = resumed_config(config)
+    _check(config)
+    files = RunFiles(Path(config.out))
+    paths = list_train_images(category_dir(config.data, config.category))
+    textures = list_texture_images(config.anomaly_source) if config.anomaly_source else []
+    if not textures:
+        log.warning("no --anomaly-source given: using the built-in procedural textures")
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+
+    model = Draem(config.recon_width, config.seg_width).to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    steps_per_epoch = math.ceil(len(paths) / config.batch_size)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    milestones = [round(f * total_steps) for f in config.lr_milestones]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, config.lr_gamma)
+
+    step = 0
+    if files.checkpoint.exists() and not config.resume:
+        raise DraemError(f"{files.checkpoint}: run directory already holds a checkpoint; "
+                         "pass --resume to continue it or choose another --out")
+    if config.resume and files.checkpoint.exists():
+        state = read_torch_file(files.checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+        log.info("resuming %s at step %d of %d", files.root, step, total_steps)
+    files.root.mkdir(parents=True, exist_ok=True)
+    write_json(files.config, {"train": asdict(config), "versions": versions(),
+                              "train_images": len(paths), "anomaly_sources": len(textures),
+                              "steps_per_epoch": steps_per_epoch, "total_steps": total_steps})
+
+    def save_checkpoint() -> None:
+        save_torch(files.checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                      "scheduler": scheduler.state_dict(), "step": step})
+
+    dataset = TrainImages(paths, config.image_size, config.fit, textures)
+    loss_log = _loss_log(files, step)
+    board = _tensorboard(files.root)
+    progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    model.train()
+    with StopRequest() as stop, loss_log:
+        writer = csv.writer(loss_log)
+        while step < total_steps and not stop.requested:
+            epoch, skip = divmod(step, steps_per_epoch)
+            for batch in _batches(dataset, config, len(textures), epoch, skip):
+                started = time.perf_counter()
+                generator = step_generator(config.seed, step)
+                images = batch["image"].to(device, non_blocking=True)
+                sources = _source_batch(batch, config.image_size, generator, device)
+                sim = simulate_anomalies(images, sources, generator, config.simulation)
+                with autocast(device, config.precision):
+                    reconstruction, logits = model(sim.augmented.contiguous(memory_format=memory_format))
+                losses = draem_loss(reconstruction, sim.target, logits, sim.mask)
+                if not torch.isfinite(losses["total"]):
+                    values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                    raise DraemError(f"{files.checkpoint}: training stopped at step {step}: "
+                                     f"non-finite loss ({values}); the last good checkpoint is kept")
+                optimizer.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                optimizer.step()
+                lr = scheduler.get_last_lr()[0]
+                scheduler.step()
+                step += 1
+
+                rate = len(images) / (time.perf_counter() - started)
+                values = {k: v.item() for k, v in losses.items()}
+                writer.writerow([step, epoch, f"{lr:.6g}"] + [f"{values[k]:.6f}" for k in
+                                                            ("l2", "ssim", "focal", "total")]
+                                + [f"{rate:.3f}"])
+                if board is not None:
+                    for name, value in values.items():
+                        board.add_scalar(f"loss/{name}", value, step)
+                progress.update(1)
+                progress.set_postfix(l2=f"{values['l2']:.4f}", ssim=f"{values['ssim']:.4f}",
+                                     focal=f"{values['focal']:.4f}", img_s=f"{rate:.1f}")
+                last_of_epoch = step % steps_per_epoch == 0
+                if last_of_epoch or step % config.checkpoint_every == 0 or step == total_steps:
+                    save_checkpoint()
+                if stop.requested or step == total_steps:
+                    break
+        if stop.requested:
+            save_checkpoint()
+    progress.close()
+    if board is not None:
+        board.close()
+    if stop.requested and step < total_steps:
+        raise DraemError(f"{files.checkpoint}: training interrupted at step {step} of {total_steps}; "
+                         "checkpoint saved, continue with --resume", 130)
+    info = ModelInfo(config.recon_width, config.seg_width, config.image_size, config.fit)
+    save_model(files.model, model, info)
+    log.info("model written to %s", files.model)
+    return files.model

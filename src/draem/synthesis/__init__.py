@@ -1,0 +1,1 @@
+"""Anomaly simulation: Perlin masks, anomaly-source textures and their augmentation."""

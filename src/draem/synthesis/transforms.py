@@ -1,0 +1,22 @@
+"""Geometric transforms shared by the simulator and the augmenters."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each (C, H, W) image of a batch about its centre; bilinear, zeros outside."""
+    radians = degrees.to(device=images.device, dtype=torch.float32) * (math.pi / 180.0)
+    cos, sin = torch.cos(radians), torch.sin(radians)
+    height, width = images.shape[-2:]
+    aspect = height / width
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin * aspect, zero], dim=1),
+                         torch.stack([sin / aspect, cos, zero], dim=1)], dim=1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False).to(images.dtype)

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny MVTec-layout datasets written to temporary folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FIXTURES = SHARED / "fixtures" / "official-draem"
+MTD = SHARED / "data" / "mtd"
+DTD = SHARED / "data" / "dtd-subset" / "images"
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    """Save a uint8 array as PNG, creating folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def make_category(root: Path, train: int = 6, good: int = 3, defects: dict[str, int] | None = None,
+                  size: int = 40, seed: int = 0) -> Path:
+    """A category of smooth noisy images; defects are bright squares with exact masks."""
+    rng = np.random.default_rng(seed)
+    defects = {"spot": 3} if defects is None else defects
+
+    def surface() -> np.ndarray:
+        base = rng.normal(120, 8, (size, size, 3)).clip(0, 255)
+        return base.astype(np.uint8)
+
+    for i in range(train):
+        write_png(root / "train" / "good" / f"{i:03d}.png", surface())
+    for i in range(good):
+        write_png(root / "test" / "good" / f"{i:03d}.png", surface())
+    for name, count in defects.items():
+        for i in range(count):
+            image, mask = surface(), np.zeros((size, size), np.uint8)
+            y, x = rng.integers(2, size - 12, 2)
+            image[y:y + 8, x:x + 8] = 250
+            mask[y:y + 8, x:x + 8] = 255
+            write_png(root / "test" / name / f"{i:03d}.png", image)
+            write_png(root / "ground_truth" / name / f"{i:03d}_mask.png", mask)
+    return root
+
+
+@pytest.fixture
+def category(tmp_path: Path) -> Path:
+    """One small category folder."""
+    return make_category(tmp_path / "widget")
