@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import write_png
 from PIL import Image
 
-from conftest import write_png
 from draem.data.images import fit_to_square, map_to_original, read_image, read_mask, valid_region
 from draem.errors import DraemError
 
@@ -15,7 +15,7 @@ def test_reads_every_common_format_as_rgb_in_unit_range(tmp_path, suffix):
     Image.fromarray(array).save(path)
     image = read_image(path)
     assert image.shape == (3, 12, 10) and image.dtype == torch.float32
-    assert 0 <= image.min() and image.max() <= 1
+    assert image.min() >= 0 and image.max() <= 1
     if suffix != ".jpg":
         np.testing.assert_allclose(image.permute(1, 2, 0).numpy() * 255, array, atol=1e-4)
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import MTD
 from skimage.metrics import structural_similarity
 
-from conftest import MTD
 from draem.data.images import fit_to_square, list_images, read_image
 from draem.losses import draem_loss, focal_loss, ssim, ssim_map
 

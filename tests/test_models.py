@@ -2,8 +2,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import FIXTURES
+
 from draem.models import DiscriminativeSubNetwork, Draem, ReconstructiveSubNetwork
 from draem.models.draem import anomaly_map_and_score
 

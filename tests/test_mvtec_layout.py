@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from conftest import make_category, write_png
+
 from draem.data.mvtec import category_dir, find_categories, list_test_samples, list_train_images
 from draem.errors import DraemError
 

@@ -27,6 +27,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seg-width", type=int, default=64, help="discriminative base width")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--anomaly-source", help="folder of texture images (e.g. DTD); built-in if absent")
+    p.add_argument("--source-colour", choices=("color", "gray", "auto"), default="color",
+                   help="make anomaly sources grey ('auto': when the training images are grey)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",

@@ -47,7 +47,7 @@ def image_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float
 
 def format_table(metrics: dict) -> str:
     """The metrics as an aligned text table, one row per defect type and one overall."""
-    rows = [("all", metrics["overall"])] + list(metrics["defect_types"].items())
+    rows = [("all", metrics["overall"]), *metrics["defect_types"].items()]
     header = f"{'defect type':<16}{'images':>7}" + "".join(f"{n:>14}" for n in METRIC_NAMES)
     lines = [header, "-" * len(header)]
     for name, values in rows:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from draem.data.datasets import TrainImages
-from draem.data.images import FIT_MODES
+from draem.data.images import FIT_MODES, read_image
 from draem.data.mvtec import category_dir, list_train_images
 from draem.engine.devices import autocast, resolve_device
 from draem.engine.run import ModelInfo, RunFiles, read_torch_file, save_model, versions
@@ -31,6 +31,7 @@ from draem.synthesis.sources import list_texture_images, procedural_textures
 
 log = logging.getLogger("draem")
 
+SOURCE_COLOURS = ("color", "gray", "auto")
 LOSS_COLUMNS = ("step", "epoch", "lr", "l2", "ssim", "focal", "total", "images_per_s")
 
 
@@ -52,6 +53,7 @@ class TrainConfig:
     lr_milestones: tuple[float, ...] = (0.8, 0.9)
     lr_gamma: float = 0.2
     anomaly_source: str | None = None
+    source_colour: str = "color"
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
@@ -93,8 +95,21 @@ def _check(config: TrainConfig) -> None:
     if config.image_size % 32:
         raise DraemError(f"--image-size {config.image_size}: must be a multiple of 32 "
                          "(the discriminative network halves it five times)")
+    if config.source_colour not in SOURCE_COLOURS:
+        raise DraemError(f"--source-colour {config.source_colour}: expected one of {', '.join(SOURCE_COLOURS)}")
     if config.fit not in FIT_MODES:
         raise DraemError(f"--fit {config.fit}: expected one of {', '.join(FIT_MODES)}")
+
+
+def with_source_colour(config: TrainConfig, paths: list[Path]) -> TrainConfig:
+    """Resolve --source-colour: 'auto' makes anomaly sources grey when the first images are grey."""
+    grey = config.source_colour == "gray"
+    if config.source_colour == "auto":
+        grey = all(bool((image[0] == image[1]).all() and (image[1] == image[2]).all())
+                   for image in map(read_image, paths[:8]))
+        log.info("training images are %s: anomaly sources stay %s", "grey" if grey else "colour",
+                 "grey" if grey else "in colour")
+    return replace(config, simulation=replace(config.simulation, grayscale_sources=grey))
 
 
 def epoch_batches(images: int, textures: int, batch_size: int, seed: int, epoch: int
@@ -173,6 +188,7 @@ def train(config: TrainConfig) -> Path:
     _check(config)
     files = RunFiles(Path(config.out))
     paths = list_train_images(category_dir(config.data, config.category))
+    config = with_source_colour(config, paths)
     textures = list_texture_images(config.anomaly_source) if config.anomaly_source else []
     if not textures:
         log.warning("no --anomaly-source given: using the built-in procedural textures")
@@ -200,6 +216,8 @@ def train(config: TrainConfig) -> Path:
         step = state["step"]
         log.info("resuming %s at step %d of %d", files.root, step, total_steps)
     files.root.mkdir(parents=True, exist_ok=True)
+    for stale in files.root.glob(".*.tmp"):
+        stale.unlink()
     write_json(files.config, {"train": asdict(config), "versions": versions(),
                               "train_images": len(paths), "anomaly_sources": len(textures),
                               "steps_per_epoch": steps_per_epoch, "total_steps": total_steps})
@@ -213,12 +231,12 @@ def train(config: TrainConfig) -> Path:
     board = _tensorboard(files.root)
     progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     model.train()
-    with StopRequest() as stop, loss_log:
+    with progress, StopRequest() as stop, loss_log:
         writer = csv.writer(loss_log)
+        last_step_end = time.perf_counter()
         while step < total_steps and not stop.requested:
             epoch, skip = divmod(step, steps_per_epoch)
             for batch in _batches(dataset, config, len(textures), epoch, skip):
-                started = time.perf_counter()
                 generator = step_generator(config.seed, step)
                 images = batch["image"].to(device, non_blocking=True)
                 sources = _source_batch(batch, config.image_size, generator, device)
@@ -237,7 +255,8 @@ def train(config: TrainConfig) -> Path:
                 scheduler.step()
                 step += 1
 
-                rate = len(images) / (time.perf_counter() - started)
+                now = time.perf_counter()
+                rate, last_step_end = len(images) / (now - last_step_end), now
                 values = {k: v.item() for k, v in losses.items()}
                 writer.writerow([step, epoch, f"{lr:.6g}"] + [f"{values[k]:.6f}" for k in
                                                             ("l2", "ssim", "focal", "total")]
@@ -255,7 +274,6 @@ def train(config: TrainConfig) -> Path:
                     break
         if stop.requested:
             save_checkpoint()
-    progress.close()
     if board is not None:
         board.close()
     if stop.requested and step < total_steps:

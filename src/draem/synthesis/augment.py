@@ -13,11 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from draem.synthesis.transforms import rotate
+from draem.synthesis.transforms import luma, rotate
 
 LEVELS = 256
 _SMOOTH_KERNEL = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
-_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def _per_sample(values: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -26,7 +25,7 @@ def _per_sample(values: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 
 
 def _to_levels(images: torch.Tensor) -> torch.Tensor:
-    """8-bit levels (long) of [0, 1] images, rounded as a uint8 conversion would."""
+    """Nearest 8-bit levels (long, 0..255) of [0, 1] images."""
     return (images.float() * 255).round().clamp(0, 255).long()
 
 
@@ -56,15 +55,14 @@ def gamma_contrast(images: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
 def multiply_and_add_to_brightness(images: torch.Tensor, mul: torch.Tensor,
                                    add: torch.Tensor) -> torch.Tensor:
     """YCrCb luma Y -> clip(Y * mul + add / 255) with chroma kept, per sample mul and add (B,)."""
-    red, green, blue = images.unbind(dim=1)
-    luma = (_LUMA_WEIGHTS[0] * red + _LUMA_WEIGHTS[1] * green + _LUMA_WEIGHTS[2] * blue)[:, None]
-    new_luma = (luma * _per_sample(mul, images) + _per_sample(add, images) / 255).clamp(0, 1)
+    old = luma(images)
+    new = (old * _per_sample(mul, images) + _per_sample(add, images) / 255).clamp(0, 1)
     # YCrCb -> RGB adds Y with weight 1 to every channel, so a luma change shifts all three.
-    return (images + (new_luma - luma)).clamp(0, 1)
+    return (images + (new - old)).clamp(0, 1)
 
 
 def enhance_sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """PIL ImageEnhance.Sharpness: blend from the SMOOTH-filtered image (factor 0) to the image (1)."""
+    """PIL ImageEnhance.Sharpness: blend from the SMOOTH-filtered image (0) to the image (1)."""
     batch, channels, height, width = images.shape
     kernel = _SMOOTH_KERNEL.to(images)[None, None]
     smoothed = F.conv2d(images.reshape(batch * channels, 1, height, width), kernel)
@@ -75,17 +73,14 @@ def enhance_sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tenso
 
 def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
     """RGB -> HSV, all three in [0, 1] (hue in turns, 0 for greys)."""
-    red, green, blue = images.unbind(dim=1)
-    value = images.amax(dim=1)
-    chroma = value - images.amin(dim=1)
-    safe_chroma = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    hue = torch.where(value == red, (green - blue) / safe_chroma,
-                      torch.where(value == green, (blue - red) / safe_chroma + 2,
-                                  (red - green) / safe_chroma + 4))
-    hue = torch.where(chroma > 0, torch.remainder(hue / 6, 1.0), torch.zeros_like(hue))
-    saturation = torch.where(value > 0, chroma / torch.where(value > 0, value, 1.0),
-                             torch.zeros_like(value))
-    return torch.stack([hue, saturation, value], dim=1)
+    value, brightest = images.max(dim=1, keepdim=True)
+    chroma = value - images.amin(dim=1, keepdim=True)
+    # Hue sector: (G - B) / C for a red maximum, (B - R) / C + 2 green, (R - G) / C + 4 blue.
+    difference = (images.roll(-1, dims=1) - images.roll(1, dims=1)).gather(1, brightest)
+    sector = difference / chroma.clamp(min=1e-12) + 2 * brightest
+    hue = torch.where(chroma > 0, torch.remainder(sector / 6, 1.0), 0.0)
+    saturation = torch.where(value > 0, chroma / value.clamp(min=1e-12), 0.0)
+    return torch.cat([hue, saturation, value], dim=1)
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
@@ -108,7 +103,7 @@ def add_to_hue_and_saturation(images: torch.Tensor, hue: torch.Tensor,
     hue_steps = torch.trunc(hue.double() * 180 / 255)
     new_hue = torch.remainder(hsv[:, 0:1] + _per_sample(hue_steps / 180, images), 1.0)
     new_saturation = (hsv[:, 1:2] + _per_sample(saturation.double() / 255, images)).clamp(0, 1)
-    return hsv_to_rgb(torch.cat([new_hue, new_saturation, hsv[:, 2:3]], dim=1)).clamp(0, 1)
+    return hsv_to_rgb(torch.cat([new_hue, new_saturation, hsv[:, 2:3]], dim=1))
 
 
 def solarize(images: torch.Tensor, threshold: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
@@ -134,12 +129,14 @@ def autocontrast(images: torch.Tensor, cutoff: torch.Tensor) -> torch.Tensor:
     levels = _to_levels(images)
     histogram = _histograms(levels)
     count = levels.shape[2] * levels.shape[3]
-    cut = (count * cutoff.long().to(levels.device) // 100).repeat_interleave(levels.shape[1])[:, None]
+    cut = count * cutoff.long().to(levels.device) // 100
+    cut = cut.repeat_interleave(levels.shape[1])[:, None]
     cumulative = histogram.cumsum(dim=1)
     from_top = count - (cumulative - histogram)
     low = (cumulative <= cut).sum(dim=1, keepdim=True)
     high = (from_top > cut).sum(dim=1, keepdim=True) - 1
-    scale = 255.0 / (high - low).clamp(min=1).double()
+    # A true division, as PIL's Python does: `255.0 / tensor` would multiply by a reciprocal.
+    scale = torch.full_like(low, 255, dtype=torch.float64) / (high - low).clamp(min=1)
     offset = -low.double() * scale
     ramp = torch.arange(LEVELS, device=levels.device)
     stretched = (ramp.double() * scale + offset).trunc().clamp(0, 255).long()
@@ -251,4 +248,5 @@ def augment_anomaly_sources(images: torch.Tensor, generator: torch.Generator,
 
     All randomness comes from the CPU `generator`, so a seed gives the same draws on every device.
     """
-    return apply_augmentation_plan(images, draw_augmentation_plan(len(images), generator, per_sample))
+    plan = draw_augmentation_plan(len(images), generator, per_sample)
+    return apply_augmentation_plan(images, plan)

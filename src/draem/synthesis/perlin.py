@@ -18,7 +18,7 @@ def perlin_noise(angles: torch.Tensor, resolution: torch.Tensor, height: int, wi
 
     Sample b uses the first resolution[b] + 1 lattice points per axis; values lie in [-1, 1].
     """
-    batch, lattice_y, lattice_x = angles.shape
+    batch, _, lattice_x = angles.shape
     device = angles.device
     res = resolution.to(device=device, dtype=torch.float32)
     rows = torch.arange(height, device=device, dtype=torch.float32)

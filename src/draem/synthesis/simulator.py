@@ -8,7 +8,7 @@ import torch
 
 from draem.synthesis.augment import augment_anomaly_sources
 from draem.synthesis.perlin import random_perlin_noise
-from draem.synthesis.transforms import rotate
+from draem.synthesis.transforms import luma, rotate
 
 
 @dataclass(frozen=True)
@@ -25,16 +25,22 @@ class SimulationConfig:
     beta_min: float = 0.0
     beta_max: float = 0.8
     augmenters_per_source: int = 3
+    grayscale_sources: bool = False
 
 
 @dataclass
 class SimulatedBatch:
-    """One training batch: reconstruction target, its anomalous copy, the mask, and the draws."""
+    """One training batch: target, its anomalous copy, the mask, the augmented source, the draws.
+
+    A sample drawn for an anomaly whose mask comes out empty counts as normal, as in the authors' code.
+    """
 
     target: torch.Tensor
     augmented: torch.Tensor
     mask: torch.Tensor
+    source: torch.Tensor
     beta: torch.Tensor
+    anomaly_drawn: torch.Tensor
     has_anomaly: torch.Tensor
 
 
@@ -76,7 +82,10 @@ def simulate_anomalies(images: torch.Tensor, sources: torch.Tensor, generator: t
     if len(chosen):
         augmented_sources[chosen] = augment_anomaly_sources(sources[chosen], generator,
                                                             config.augmenters_per_source)
+    if config.grayscale_sources:
+        augmented_sources = luma(augmented_sources).expand_as(augmented_sources).contiguous()
     beta = _uniform(batch, config.beta_min, config.beta_max, generator)
     augmented = blend(target, augmented_sources, mask, beta)
     has_anomaly = mask.flatten(1).amax(dim=1) > 0
-    return SimulatedBatch(target, augmented, mask, beta.to(device), has_anomaly)
+    return SimulatedBatch(target, augmented, mask, augmented_sources, beta.to(device),
+                          wants_anomaly.to(device), has_anomaly)

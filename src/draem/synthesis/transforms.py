@@ -1,4 +1,4 @@
-"""Geometric transforms shared by the simulator and the augmenters."""
+"""Pixel and geometric transforms shared by the simulator and the augmenters."""
 
 from __future__ import annotations
 
@@ -20,3 +20,12 @@ def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False).to(images.dtype)
+
+
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma (B, 1, H, W) of RGB images (B, 3, H, W)."""
+    red, green, blue = images.unbind(dim=1)
+    return (LUMA_WEIGHTS[0] * red + LUMA_WEIGHTS[1] * green + LUMA_WEIGHTS[2] * blue)[:, None]

@@ -1,0 +1,666 @@
+"""Built-in demo data: synthetic surfaces with exactly masked defects, in the MVTec AD layout.
+
+Everything is rendered with numpy from a seed; nothing is downloaded. Geometry is expressed in
+reference units (the image is 128 units wide whatever its pixel size), so a bigger image shows
+the same surface at a finer resolution.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from draem.errors import DraemError
+
+DEMO_KINDS: tuple[str, ...] = ("fabric", "metal", "wood", "terrazzo")
+DEFECT_TYPES: dict[str, tuple[str, ...]] = {
+    "fabric": ("hole", "stain", "missing_thread", "contamination"),
+    "metal": ("scratch", "pit", "stain", "contamination"),
+    "wood": ("crack", "scratch", "hole", "stain"),
+    "terrazzo": ("crack", "hole", "stain", "contamination"),
+}
+DEFECT_AREA_RANGE: tuple[float, float] = (0.003, 0.08)
+MIN_IMAGE_SIZE = 32
+
+_REFERENCE_SIZE = 128.0
+_MAX_ATTEMPTS = 40
+_GENERATOR_TAG = "draem demo generator v1"
+_README_TITLE = "DRAEM demo dataset"
+
+FloatImage = np.ndarray
+Footprint = tuple[FloatImage, np.ndarray]
+
+
+@dataclass(frozen=True)
+class DemoSample:
+    """A rendered image, the same surface without its defect (uint8 H x W x 3) and the bool mask."""
+
+    image: np.ndarray
+    clean: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Pixel-centre coordinates in reference units, centred on the image."""
+
+    y: np.ndarray
+    x: np.ndarray
+    axis: np.ndarray
+    unit: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.y.shape
+
+
+@dataclass(frozen=True)
+class _Look:
+    """Per-image lighting (H x W), colour tint (3,) and sensor noise (H x W x 3)."""
+
+    light: np.ndarray
+    tint: np.ndarray
+    noise: np.ndarray
+
+    def finish(self, albedo: FloatImage) -> FloatImage:
+        return np.clip(albedo * self.light[..., None] * self.tint + self.noise, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class _Surface:
+    """A surface's albedo, its main direction, and (fabric only) a missing-thread renderer."""
+
+    albedo: FloatImage
+    angle: float
+    missing_thread: Callable[[np.random.Generator], Footprint] | None = None
+
+
+def _make_grid(size: int) -> _Grid:
+    unit = _REFERENCE_SIZE / size
+    coords = ((np.arange(size) + 0.5 - size / 2) * unit).astype(np.float32)
+    y, x = np.meshgrid(coords, coords, indexing="ij")
+    return _Grid(y, x, coords, unit)
+
+
+def _rotate(grid: _Grid, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates (u along the direction `angle`, v across it)."""
+    c, s = np.cos(angle), np.sin(angle)
+    return grid.x * c + grid.y * s, -grid.x * s + grid.y * c
+
+
+_LATTICE_STD = {1: 2 / 3, 2: 0.55}
+
+
+def _lattice_noise(rng: np.random.Generator, rows: np.ndarray, cols: np.ndarray,
+                   shape: tuple[int, int], order: int) -> np.ndarray:
+    """Random field of unit spread: a Gaussian lattice of `shape` read by wrapping B-splines."""
+    lattice = rng.standard_normal(shape)
+    field = ndimage.map_coordinates(lattice, [rows, cols], order=order, mode="grid-wrap",
+                                    prefilter=False)
+    return field / _LATTICE_STD[order]
+
+
+def _bspline_taps(coords: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lattice indices and weights (4, len(coords)) of a cubic B-spline over `count` wrapping
+    points."""
+    base = np.floor(coords)
+    t = coords - base
+    weights = np.stack([(1 - t) ** 3, 3 * t**3 - 6 * t**2 + 4, -3 * t**3 + 3 * t**2 + 3 * t + 1,
+                        t**3]) / 6
+    indices = (base.astype(np.int64) + np.arange(-1, 3)[:, None]) % count
+    return indices, weights
+
+
+def _smooth_noise(rng: np.random.Generator, grid: _Grid, cell: float) -> np.ndarray:
+    """Isotropic smooth noise of unit spread with features about `cell` reference units across."""
+    cells = int(np.ceil(_REFERENCE_SIZE / cell)) + 4
+    offset = rng.uniform(0, cells, 2)
+    lattice = rng.standard_normal((cells, cells))
+    rows, row_weights = _bspline_taps(grid.axis / cell + offset[0], cells)
+    cols, col_weights = _bspline_taps(grid.axis / cell + offset[1], cells)
+    across_rows = sum(w[:, None] * lattice[i] for i, w in zip(rows, row_weights, strict=True))
+    field = sum(across_rows[:, i] * w for i, w in zip(cols, col_weights, strict=True))
+    spread = np.sqrt((row_weights**2).sum(0).mean() * (col_weights**2).sum(0).mean())
+    return field / spread
+
+
+def _streaks(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, across: float,
+             along: float, order: int = 1) -> np.ndarray:
+    """Noise stretched along u: features `across` units wide and `along` units long."""
+    rows = int(np.ceil(_REFERENCE_SIZE * 1.5 / across)) + 4
+    cols = int(np.ceil(_REFERENCE_SIZE * 1.5 / along)) + 4
+    return _lattice_noise(rng, v / across + rows / 2, u / along + cols / 2, (rows, cols), order)
+
+
+def _smoothstep(lo: float, hi: float, t: np.ndarray) -> np.ndarray:
+    s = np.clip((t - lo) / (hi - lo), 0.0, 1.0)
+    return s * s * (3 - 2 * s)
+
+
+def _edge(signed_distance: np.ndarray, unit: float) -> np.ndarray:
+    """Anti-aliased coverage of a shape from a distance that is positive inside it."""
+    return np.clip(signed_distance / unit + 0.5, 0.0, 1.0)
+
+
+def _axis_angle(rng: np.random.Generator, skew: float) -> float:
+    return float(rng.choice([0.0, np.pi / 2]) + rng.normal(0.0, skew))
+
+
+def _draw_look(rng: np.random.Generator, grid: _Grid) -> _Look:
+    direction = rng.uniform(0, 2 * np.pi)
+    ramp = (grid.x * np.cos(direction) + grid.y * np.sin(direction)) / _REFERENCE_SIZE
+    centre = rng.uniform(-50, 50, 2)
+    spot = np.exp(-((grid.y - centre[0]) ** 2 + (grid.x - centre[1]) ** 2)
+                  / (2 * rng.uniform(30, 70) ** 2))
+    light = rng.uniform(0.82, 1.12) * (1 + rng.uniform(0, 0.35) * ramp
+                                       + rng.uniform(0, 0.15) * spot)
+    tint = (1 + rng.normal(0, 0.02, 3)).astype(np.float32)
+    sigma = rng.uniform(0.006, 0.016)
+    noise = sigma * (rng.standard_normal((*grid.shape, 1), dtype=np.float32)
+                     + 0.4 * rng.standard_normal((*grid.shape, 3), dtype=np.float32))
+    return _Look(light, tint, noise)
+
+
+_FABRIC_COLOURS = (
+    ((0.16, 0.25, 0.45), (0.80, 0.80, 0.76)),
+    ((0.78, 0.70, 0.56), (0.74, 0.66, 0.52)),
+    ((0.55, 0.56, 0.58), (0.50, 0.51, 0.53)),
+    ((0.42, 0.45, 0.30), (0.48, 0.50, 0.35)),
+    ((0.62, 0.22, 0.20), (0.58, 0.20, 0.19)),
+)
+
+
+def _fabric(rng: np.random.Generator, grid: _Grid) -> _Surface:
+    angle = _axis_angle(rng, 0.06)
+    period = rng.uniform(4.5, 7.5)
+    u, v = _rotate(grid, angle)
+    u = u + 0.5 * _smooth_noise(rng, grid, 30)
+    v = v + 0.5 * _smooth_noise(rng, grid, 30)
+    tu, tv = u / period, v / period
+    iu, iv = np.floor(tu).astype(np.int64), np.floor(tv).astype(np.int64)
+    fu, fv = tu - iu, tv - iv
+    warp_over = (iu + iv) % 2 == 0
+    palette = _FABRIC_COLOURS[rng.integers(len(_FABRIC_COLOURS))]
+    warp_col = np.asarray(palette[0]) * (1 + rng.normal(0, 0.05, 3))
+    weft_col = np.asarray(palette[1]) * (1 + rng.normal(0, 0.05, 3))
+    jitter = rng.normal(0, 0.06, (2, 64))
+    warp_shade = 1 + jitter[0][iv % 64] + 0.10 * _streaks(rng, u, v, period / 4, 3.0)
+    weft_shade = 1 + jitter[1][iu % 64] + 0.10 * _streaks(rng, v, u, period / 4, 3.0)
+
+    def cross(f: np.ndarray) -> np.ndarray:
+        return np.sin(np.pi * f) ** 0.7
+
+    def arch(f: np.ndarray) -> np.ndarray:
+        return 0.6 + 0.4 * np.sin(np.pi * f)
+
+    def thread(colour: np.ndarray, height: np.ndarray, shade: np.ndarray) -> FloatImage:
+        return colour * ((0.3 + 0.7 * height) * shade)[..., None]
+
+    warp = thread(warp_col, cross(fv) * arch(fu), warp_shade)
+    weft = thread(weft_col, cross(fu) * arch(fv), weft_shade)
+    albedo = np.where(warp_over[..., None], warp, weft)
+
+    def missing_thread(defect_rng: np.random.Generator) -> Footprint:
+        along_warp = bool(defect_rng.random() < 0.5)
+        lane, along = (iv, u) if along_warp else (iu, v)
+        centre = defect_rng.uniform(-40, 40, 2)
+        pick = np.argmin((grid.y - centre[0]) ** 2 + (grid.x - centre[1]) ** 2)
+        start = along.flat[pick] - defect_rng.uniform(10, 40)
+        stop = along.flat[pick] + defect_rng.uniform(10, 40)
+        ragged = 2.0 * np.abs(_smooth_noise(defect_rng, grid, 2.0))
+        footprint = (lane == lane.flat[pick]) & (along > start - ragged) & (along < stop + ragged)
+        if along_warp:
+            under = thread(weft_col * 0.8, 0.65 * cross(fu), weft_shade)
+        else:
+            under = thread(warp_col * 0.8, 0.65 * cross(fv), warp_shade)
+        return under, footprint.astype(np.float64)
+
+    return _Surface(albedo, angle, missing_thread)
+
+
+_METAL_COLOURS = (
+    (0.62, 0.64, 0.66), (0.70, 0.71, 0.73), (0.46, 0.48, 0.51), (0.72, 0.62, 0.42),
+    (0.57, 0.57, 0.58),
+)
+
+
+def _metal(rng: np.random.Generator, grid: _Grid) -> _Surface:
+    angle = _axis_angle(rng, 0.05) if rng.random() < 0.7 else float(rng.uniform(0, np.pi))
+    u, v = _rotate(grid, angle)
+    scale = rng.uniform(0.7, 1.4)
+    fine = _streaks(rng, u, v, max(scale, grid.unit), 40 * scale)
+    medium = _streaks(rng, u, v, 3.0 * scale, 90 * scale)
+    centre, width = rng.uniform(-50, 50), rng.uniform(15, 45)
+    sheen = np.exp(-(((v - centre) / width) ** 2))
+    base = np.asarray(_METAL_COLOURS[rng.integers(len(_METAL_COLOURS))])
+    base = base * (1 + rng.normal(0, 0.03, 3))
+    shade = (1 + 0.05 * fine + 0.035 * medium + rng.uniform(0.05, 0.18) * sheen
+             + 0.03 * _smooth_noise(rng, grid, 50))
+    return _Surface(base * shade[..., None], angle)
+
+
+_WOOD_COLOURS = (
+    ((0.86, 0.68, 0.46), (0.66, 0.45, 0.27)),
+    ((0.76, 0.60, 0.42), (0.55, 0.40, 0.25)),
+    ((0.48, 0.33, 0.22), (0.30, 0.19, 0.12)),
+    ((0.62, 0.41, 0.28), (0.45, 0.27, 0.17)),
+    ((0.84, 0.74, 0.60), (0.66, 0.52, 0.38)),
+)
+
+
+def _wood(rng: np.random.Generator, grid: _Grid) -> _Surface:
+    angle = _axis_angle(rng, 0.08)
+    u, v = _rotate(grid, angle)
+    period = rng.uniform(8, 16)
+    bow = rng.uniform(-1, 1) ** 3 * 0.003 * (u - rng.uniform(-60, 60)) ** 2
+    rings = v + bow + rng.uniform(1.5, 4) * _streaks(rng, u, v, 50, 90, order=2)
+    phase = rings / period + 0.14 * _streaks(rng, u, rings, period * 2, 150, order=2)
+    f = phase - np.floor(phase)
+    late = _smoothstep(0.45, 0.85, f) * (1 - _smoothstep(0.9, 1.0, f))
+    fibres = _streaks(rng, u, rings, 1.2, 20)
+    pores = np.clip(_streaks(rng, u, rings, 0.8, rng.uniform(3, 6)) - 1.5, 0, None)
+    light_col, dark_col = (np.asarray(c) for c in _WOOD_COLOURS[rng.integers(len(_WOOD_COLOURS))])
+    tone = 1 + rng.normal(0, 0.03, 3)
+    mix = rng.uniform(0.75, 1.0) * late
+    albedo = light_col * tone * (1 - mix[..., None]) + dark_col * tone * mix[..., None]
+    shade = 1 + 0.025 * fibres - 0.15 * pores + 0.04 * _smooth_noise(rng, grid, 40)
+    return _Surface(albedo * shade[..., None], angle)
+
+
+_BINDER_COLOURS = ((0.78, 0.77, 0.74), (0.83, 0.78, 0.70), (0.40, 0.40, 0.41), (0.68, 0.67, 0.64))
+_CHIP_COLOURS = (
+    (0.95, 0.94, 0.91), (0.12, 0.12, 0.13), (0.68, 0.30, 0.20), (0.55, 0.56, 0.56),
+    (0.30, 0.45, 0.35), (0.80, 0.62, 0.35), (0.70, 0.68, 0.62), (0.40, 0.30, 0.25),
+)
+
+
+def _worley(rng: np.random.Generator, grid: _Grid, cell: float) -> tuple[np.ndarray, ...]:
+    """Cellular noise over seeds jittered on a grid of `cell` units: the distances to the nearest
+    and second-nearest seed, and the nearest seed's number."""
+    count = int(np.ceil(_REFERENCE_SIZE / cell)) + 3
+    origin = -_REFERENCE_SIZE / 2 - cell
+    jitter = rng.random((2, count, count)).astype(np.float32)
+    seed_y = origin + (np.arange(count)[:, None] + jitter[0]) * cell
+    seed_x = origin + (np.arange(count)[None, :] + jitter[1]) * cell
+    axis = grid.axis.astype(np.float32)
+    home = np.clip(((grid.axis - origin) // cell).astype(np.int64), 1, count - 2)
+    nearest = np.full(grid.shape, np.inf, dtype=np.float32)
+    second = nearest.copy()
+    number = np.zeros(grid.shape, dtype=np.int64)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            rows, cols = np.ix_(home + dy, home + dx)
+            squared = (axis[:, None] - seed_y[rows, cols]) ** 2 + (axis - seed_x[rows, cols]) ** 2
+            closer = squared < nearest
+            second = np.where(closer, nearest, np.minimum(second, squared))
+            number = np.where(closer, rows * count + cols, number)
+            nearest = np.where(closer, squared, nearest)
+    return np.sqrt(nearest), np.sqrt(second), number
+
+
+def _terrazzo(rng: np.random.Generator, grid: _Grid) -> _Surface:
+    binder = np.asarray(_BINDER_COLOURS[rng.integers(len(_BINDER_COLOURS))])
+    albedo = np.broadcast_to(binder * (1 + rng.normal(0, 0.03, 3)), (*grid.shape, 3))
+    albedo = albedo * (1 + 0.05 * _smooth_noise(rng, grid, 1.5))[..., None]
+    palette = np.asarray(_CHIP_COLOURS)[rng.choice(len(_CHIP_COLOURS), 4, replace=False)]
+    mottle = _smooth_noise(rng, grid, 2.0)
+    density = rng.uniform(0.8, 1.25)
+    for cell, fill in ((rng.uniform(13, 20) / density, 0.85), (rng.uniform(4, 7) / density, 0.6)):
+        nearest, second, number = _worley(rng, grid, cell)
+        count = int(number.max()) + 1
+        gap = rng.uniform(0.08, 0.3, count) * cell
+        present = rng.random(count) < fill
+        coverage = _edge((second - nearest) / 2 - gap[number], grid.unit) * present[number]
+        colours = palette[rng.integers(len(palette), size=count)] * rng.uniform(0.85, 1.1, (count, 1))
+        chip = colours[number] * (1 + 0.07 * mottle)[..., None]
+        albedo = albedo * (1 - coverage[..., None]) + chip * coverage[..., None]
+    return _Surface(albedo, 0.0)
+
+
+_SURFACES: dict[str, Callable[[np.random.Generator, _Grid], _Surface]] = {
+    "fabric": _fabric, "metal": _metal, "wood": _wood, "terrazzo": _terrazzo,
+}
+
+
+def _random_point(rng: np.random.Generator, margin: float) -> np.ndarray:
+    limit = _REFERENCE_SIZE / 2 - margin
+    return rng.uniform(-limit, limit, 2)
+
+
+def _path(start: np.ndarray, headings: np.ndarray, step: float) -> np.ndarray:
+    """Points (n + 1, 2) in (y, x) reached by walking `step` along each heading in turn."""
+    moves = step * np.column_stack([np.sin(headings), np.cos(headings)])
+    return start + np.vstack([np.zeros((1, 2)), np.cumsum(moves, axis=0)])
+
+
+def _smooth_curve(rng: np.random.Generator, length: float, bend: float,
+                  heading: float | None = None, start: np.ndarray | None = None) -> np.ndarray:
+    """A gently curving path of about `length` units through a random point."""
+    step = 0.3
+    count = max(int(length / step), 4)
+    turns = ndimage.gaussian_filter1d(rng.normal(0, 1, count), count / 6, mode="nearest")
+    turns = turns / (np.abs(turns).max() + 1e-9) * bend
+    base = rng.uniform(0, 2 * np.pi) if heading is None else heading
+    points = _path(np.zeros(2), base + turns, step)
+    centre = _random_point(rng, length / 3) if start is None else start + points[count // 2]
+    return points - points[count // 2] + centre
+
+
+def _jagged_path(rng: np.random.Generator, start: np.ndarray, heading: float, length: float,
+                 jitter: float) -> np.ndarray:
+    """A crack-like path: short straight segments at jittered angles around a drifting heading."""
+    segment = rng.uniform(1.5, 3.0)
+    count = max(int(length / segment), 2)
+    drift = np.cumsum(rng.normal(0, jitter / 4, count))
+    corners = _path(start, heading + drift + rng.normal(0, jitter, count), segment)
+    fine = np.linspace(0, 1, int(segment / 0.3) + 1)[:-1]
+    pieces = [a + fine[:, None] * (b - a) for a, b in zip(corners[:-1], corners[1:], strict=True)]
+    return np.vstack([*pieces, corners[-1:]])
+
+
+def _stroke(grid: _Grid, points: np.ndarray, half_width: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Coverage of a stroke of per-point half widths, and the index of the nearest point."""
+    pixels = np.column_stack([grid.y.ravel(), grid.x.ravel()])
+    reach = float(half_width.max()) + 2 * grid.unit
+    distance, index = cKDTree(points).query(pixels, distance_upper_bound=reach)
+    index = np.minimum(index, len(points) - 1).reshape(grid.shape)
+    distance = distance.reshape(grid.shape)
+    coverage = np.where(np.isfinite(distance), _edge(half_width[index] - distance, grid.unit), 0)
+    return coverage, index
+
+
+def _blob_radius(rng: np.random.Generator, angle: np.ndarray, roughness: float) -> np.ndarray:
+    """Relative radius (about 1) of an irregular blob in each direction."""
+    radius = np.ones_like(angle)
+    for k in range(2, 7):
+        radius = radius + rng.uniform(0, roughness / k**0.5) * np.cos(k * angle
+                                                                       + rng.uniform(0, 2 * np.pi))
+    return radius
+
+
+def _polar(grid: _Grid, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    dy, dx = grid.y - centre[0], grid.x - centre[1]
+    return np.hypot(dy, dx), np.arctan2(dy, dx)
+
+
+def _scratch(rng: np.random.Generator, clean: FloatImage, grid: _Grid, surface: _Surface,
+             look: _Look, kind: str) -> Footprint:
+    length = rng.uniform(30, 75)
+    points = _smooth_curve(rng, length, rng.uniform(0.1, 0.6))
+    t = np.linspace(0, 1, len(points))
+    taper = np.sin(np.pi * t) ** 0.3
+    half_width = rng.uniform(0.6, 1.1) * taper + 0.2
+    coverage, index = _stroke(grid, points, half_width)
+    strength = np.clip(0.75 + 0.5 * ndimage.gaussian_filter1d(rng.normal(0, 1, len(points)), 20),
+                       0.35, 1.0)
+    alpha = coverage * strength[index]
+    if kind == "wood":
+        target = clean * 0.55 + 0.45 * np.asarray([0.93, 0.84, 0.70]) * look.light[..., None]
+    elif rng.random() < 0.65:
+        target = clean + (1 - clean) * 0.7
+    else:
+        target = clean * 0.35
+    return target, alpha
+
+
+def _crack(rng: np.random.Generator, clean: FloatImage, grid: _Grid, surface: _Surface,
+           look: _Look, kind: str) -> Footprint:
+    if kind == "wood":
+        heading = surface.angle + rng.choice([0.0, np.pi]) + rng.normal(0, 0.08)
+    else:
+        heading = rng.uniform(0, 2 * np.pi)
+    length = rng.uniform(30, 70)
+    start = _random_point(rng, 20) - length / 2 * np.array([np.sin(heading), np.cos(heading)])
+    jitter = 0.25 if kind == "wood" else 0.5
+    main = _jagged_path(rng, start, heading, length, jitter)
+    widths = [rng.uniform(0.5, 1.0) * (0.3 + 0.7 * np.sin(np.pi * np.linspace(0, 1, len(main))))]
+    paths = [main]
+    for _ in range(rng.integers(0, 3 if kind == "wood" else 4)):
+        fork = main[rng.integers(len(main) // 5, 4 * len(main) // 5)]
+        branch = _jagged_path(rng, fork, heading + rng.choice([-1, 1]) * rng.uniform(0.4, 1.1),
+                              rng.uniform(6, 22), jitter)
+        widths.append(widths[0].max() * 0.7 * np.linspace(1, 0.2, len(branch)))
+        paths.append(branch)
+    coverage, _ = _stroke(grid, np.vstack(paths), np.concatenate(widths) + 0.15)
+    target = clean * rng.uniform(0.12, 0.3)
+    return target, coverage
+
+
+def _hole(rng: np.random.Generator, clean: FloatImage, grid: _Grid, surface: _Surface,
+          look: _Look, kind: str) -> Footprint:
+    low, high = {"metal": (2.5, 4.5), "fabric": (3.5, 7.5)}.get(kind, (3.0, 7.0))
+    radius = rng.uniform(low, high)
+    centre = _random_point(rng, radius + 6)
+    distance, angle = _polar(grid, centre)
+    roughness = 0.35 if kind == "fabric" else 0.15
+    inner = radius * _blob_radius(rng, angle, roughness)
+    rim = rng.uniform(0.8, 1.8) * (1 + 0.6 * _smooth_noise(rng, grid, 1.5).clip(-0.8, 0.8))
+    inside = _edge(inner - distance, grid.unit)
+    coverage = _edge(inner + rim - distance, grid.unit)
+    light_dir = rng.uniform(0, 2 * np.pi)
+    slope = (np.cos(angle - light_dir) * np.clip(distance / radius, 0, 1))[..., None]
+    depth = np.asarray([0.06, 0.05, 0.05]) + clean * (0.18 + 0.1 * slope)
+    lip = clean * 0.75 + 0.28
+    target = depth * inside[..., None] + lip * (1 - inside[..., None])
+    return target, coverage
+
+
+_STAIN_COLOURS = {
+    "fabric": ((0.72, 0.58, 0.40), (0.55, 0.52, 0.50), (0.80, 0.74, 0.50)),
+    "metal": ((0.80, 0.50, 0.30), (0.55, 0.52, 0.48), (0.75, 0.62, 0.55)),
+    "wood": ((0.55, 0.50, 0.48), (0.62, 0.48, 0.36), (0.45, 0.42, 0.40)),
+    "terrazzo": ((0.75, 0.55, 0.35), (0.55, 0.55, 0.55), (0.70, 0.66, 0.50)),
+}
+
+
+def _stain(rng: np.random.Generator, clean: FloatImage, grid: _Grid, surface: _Surface,
+           look: _Look, kind: str) -> Footprint:
+    radius = rng.uniform(6, 16)
+    centre = _random_point(rng, radius + 4)
+    distance, angle = _polar(grid, centre)
+    stretch = _blob_radius(rng, angle, 0.3)
+    depth = radius * stretch - distance + 2.0 * _smooth_noise(rng, grid, radius / 2)
+    body = np.clip(depth / (0.5 * radius), 0, 1)
+    tide = rng.uniform(0, 0.5) * np.exp(-np.clip(depth, 0, None) / 1.2)
+    strength = rng.uniform(0.55, 0.9)
+    alpha = np.where(depth > 0, strength * np.clip(0.35 + 0.65 * body + tide, 0, 1), 0.0)
+    colours = _STAIN_COLOURS[kind]
+    target = clean * np.asarray(colours[rng.integers(len(colours))]) * rng.uniform(0.6, 0.85)
+    return target, alpha
+
+
+_PARTICLE_COLOURS = (
+    (0.08, 0.07, 0.06), (0.55, 0.26, 0.10), (0.95, 0.95, 0.92), (0.15, 0.30, 0.70),
+    (0.20, 0.50, 0.20), (0.85, 0.75, 0.15),
+)
+
+
+def _contamination(rng: np.random.Generator, clean: FloatImage, grid: _Grid, surface: _Surface,
+                   look: _Look, kind: str) -> Footprint:
+    palette = np.asarray(_PARTICLE_COLOURS)
+    colour = palette[rng.integers(len(palette))]
+    if kind == "fabric" or rng.random() < 0.25:
+        points = _smooth_curve(rng, rng.uniform(35, 80), rng.uniform(1.5, 4.0))
+        coverage, _ = _stroke(grid, points, np.full(len(points), rng.uniform(0.55, 0.9)))
+        shade = np.ones(grid.shape)
+    else:
+        centre = _random_point(rng, 12)
+        coverage = np.zeros(grid.shape)
+        shade = np.ones(grid.shape)
+        light_dir = rng.uniform(0, 2 * np.pi)
+        for _ in range(rng.integers(2, 8)):
+            radius = rng.uniform(1.2, 3.2)
+            distance, angle = _polar(grid, centre + rng.normal(0, 5, 2))
+            edge = radius * _blob_radius(rng, angle, 0.3) - distance
+            grain = _edge(edge, grid.unit)
+            dome = 1 + 0.3 * np.cos(angle - light_dir) * np.clip(distance / radius, 0, 1)
+            shade = np.where(grain > coverage, dome, shade)
+            coverage = np.maximum(coverage, grain)
+    target = colour * (look.light * shade)[..., None] + look.noise
+    return target, coverage
+
+
+def _missing_thread(rng: np.random.Generator, clean: FloatImage, grid: _Grid, surface: _Surface,
+                    look: _Look, kind: str) -> Footprint:
+    if surface.missing_thread is None:
+        raise ValueError(f"{kind} has no threads to remove")
+    albedo, footprint = surface.missing_thread(rng)
+    return look.finish(albedo), footprint
+
+
+_DEFECTS: dict[str, Callable[..., Footprint]] = {
+    "scratch": _scratch, "crack": _crack, "hole": _hole, "pit": _hole, "stain": _stain,
+    "contamination": _contamination, "missing_thread": _missing_thread,
+}
+
+
+def _to_uint8(image: FloatImage) -> np.ndarray:
+    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def render_sample(kind: str, defect: str | None, rng: np.random.Generator,
+                  image_size: int = 128) -> DemoSample:
+    """Render one surface of `kind` with `defect` (None for a good one); pure, draws only from rng.
+
+    The mask is exactly the set of pixels whose value differs from the clean render.
+    """
+    if kind not in DEFECT_TYPES:
+        raise ValueError(f"unknown surface kind {kind!r}; expected one of {DEMO_KINDS}")
+    if defect is not None and defect not in DEFECT_TYPES[kind]:
+        raise ValueError(f"unknown defect {defect!r} for {kind}; expected {DEFECT_TYPES[kind]}")
+    grid = _make_grid(image_size)
+    surface = _SURFACES[kind](rng, grid)
+    look = _draw_look(rng, grid)
+    clean_float = look.finish(surface.albedo)
+    clean = _to_uint8(clean_float)
+    if defect is None:
+        return DemoSample(clean, clean, np.zeros(grid.shape, dtype=bool))
+    low, high = DEFECT_AREA_RANGE
+    for _ in range(_MAX_ATTEMPTS):
+        target, alpha = _DEFECTS[defect](rng, clean_float, grid, surface, look, kind)
+        blend = clean_float + (target - clean_float) * alpha[..., None]
+        image = np.where((alpha > 0)[..., None], _to_uint8(blend), clean)
+        mask = np.any(image != clean, axis=-1)
+        if low <= mask.mean() <= high:
+            return DemoSample(image, clean, mask)
+    raise RuntimeError(f"could not place a {defect} on {kind} within the area bounds")
+
+
+def _sample_rng(seed: int, kind: str, split: int, index: int) -> np.random.Generator:
+    """An independent stream per image, so subsets and counts never shift other images."""
+    return np.random.default_rng([seed, DEMO_KINDS.index(kind), split, index])
+
+
+def _readme(seed: int, kinds: Sequence[str], image_size: int, train: int, test_good: int,
+            per_defect: int) -> str:
+    defects = "\n".join(f"  {kind}: {', '.join(DEFECT_TYPES[kind])}" for kind in kinds)
+    return (
+        f"{_README_TITLE}\n\n"
+        "Synthetic surfaces with hand-modelled defects, rendered by draem.data.demo (nothing\n"
+        "downloaded). Layout follows MVTec AD: <kind>/train/good, <kind>/test/good,\n"
+        "<kind>/test/<defect>, <kind>/ground_truth/<defect>/<name>_mask.png (0 = normal, 255 =\n"
+        "defect; a mask marks exactly the pixels the defect changed).\n\n"
+        f"defect types:\n{defects}\n\n"
+        f"seed: {seed}\n"
+        f"parameters: kinds={','.join(kinds)} image_size={image_size} train_per_kind={train} "
+        f"test_good_per_kind={test_good} test_defects_per_type={per_defect}\n"
+        f"generator: {_GENERATOR_TAG}\n"
+    )
+
+
+def _readme_seed(folder: Path) -> int | None:
+    """The seed a demo dataset in `folder` was made with, or None if it is not one."""
+    readme = folder / "README.txt"
+    if not readme.is_file():
+        return None
+    lines = readme.read_text(encoding="utf-8", errors="replace").splitlines()
+    if not lines or lines[0] != _README_TITLE:
+        return None
+    for line in lines:
+        if line.startswith("seed: ") and line[6:].strip().lstrip("-").isdigit():
+            return int(line[6:])
+    return None
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    Image.fromarray(array).save(path, format="PNG", compress_level=1)
+
+
+def _write_kind(root: Path, kind: str, seed: int, image_size: int, train: int, test_good: int,
+                per_defect: int) -> None:
+    splits = [("train", "good", None, train, 0), ("test", "good", None, test_good, 1)]
+    splits += [("test", defect, defect, per_defect, 2 + i)
+               for i, defect in enumerate(DEFECT_TYPES[kind])]
+    for split, folder_name, defect, count, code in splits:
+        folder = root / kind / split / folder_name
+        folder.mkdir(parents=True, exist_ok=True)
+        masks = root / kind / "ground_truth" / folder_name
+        if defect is not None:
+            masks.mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            sample = render_sample(kind, defect, _sample_rng(seed, kind, code, index), image_size)
+            _save_png(sample.image, folder / f"{index:03d}.png")
+            if defect is not None:
+                _save_png(sample.mask.astype(np.uint8) * 255, masks / f"{index:03d}_mask.png")
+
+
+def _check_counts(image_size: int, counts: dict[str, int]) -> None:
+    if image_size < MIN_IMAGE_SIZE:
+        raise DraemError(f"demo image size {image_size}: must be at least {MIN_IMAGE_SIZE}")
+    for name, value in counts.items():
+        if value < 0 or (name == "train_per_kind" and value < 1):
+            raise DraemError(f"demo {name}={value}: must be a positive count")
+
+
+def generate_demo_dataset(out: Path, seed: int = 0, kinds: Sequence[str] | None = None,
+                          image_size: int = 128, train_per_kind: int = 80,
+                          test_good_per_kind: int = 20, test_defects_per_type: int = 10) -> Path:
+    """Write the demo dataset (MVTec AD layout) under `out` and return `out`.
+
+    A folder already holding the same dataset is left as it is; any other non-empty folder is
+    refused unless it is a demo dataset made with the same seed, which is replaced.
+    """
+    out = Path(out)
+    kinds = tuple(DEMO_KINDS if kinds is None else kinds)
+    unknown = [kind for kind in kinds if kind not in DEMO_KINDS]
+    if unknown or not kinds:
+        raise DraemError(f"demo kinds {list(kinds)}: choose from {', '.join(DEMO_KINDS)}")
+    _check_counts(image_size, {"train_per_kind": train_per_kind,
+                               "test_good_per_kind": test_good_per_kind,
+                               "test_defects_per_type": test_defects_per_type})
+    readme = _readme(seed, kinds, image_size, train_per_kind, test_good_per_kind,
+                     test_defects_per_type)
+    if out.exists() and not out.is_dir():
+        raise DraemError(f"{out}: exists and is not a folder; choose another demo output folder")
+    previous = out.is_dir() and any(out.iterdir())
+    if previous:
+        existing = out / "README.txt"
+        if existing.is_file() and existing.read_text(encoding="utf-8", errors="replace") == readme:
+            return out
+        if _readme_seed(out) != seed:
+            raise DraemError(f"{out}: folder is not empty and is not a demo dataset with seed "
+                             f"{seed}; choose another folder or delete it")
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        if partial.is_dir() and (not any(partial.iterdir()) or _readme_seed(partial) is not None):
+            shutil.rmtree(partial)
+        else:
+            raise DraemError(f"{partial}: is in the way of the demo dataset; delete it")
+    partial.mkdir(parents=True)
+    (partial / "README.txt").write_text(readme, encoding="utf-8")
+    for kind in kinds:
+        _write_kind(partial, kind, seed, image_size, train_per_kind, test_good_per_kind,
+                    test_defects_per_type)
+    if previous:
+        shutil.rmtree(out)
+    elif out.is_dir():
+        out.rmdir()
+    partial.rename(out)
+    return out
