@@ -51,10 +51,12 @@ def test_learning_rate_follows_multistep_schedule(category, tmp_path):
 
 
 def test_epochs_cover_every_image_once(category):
-    batches = epoch_batches(7, 3, 2, seed=0, epoch=4)
+    batches = epoch_batches(8, 3, 3, seed=0, epoch=4)
     images = sorted(i for b in batches for i, _ in b)
-    assert images == list(range(7)) and [len(b) for b in batches] == [2, 2, 2, 1]
-    assert batches != epoch_batches(7, 3, 2, seed=0, epoch=5)
+    assert images == list(range(8)) and [len(b) for b in batches] == [3, 3, 2]
+    assert batches != epoch_batches(8, 3, 3, seed=0, epoch=5)
+    assert [len(b) for b in epoch_batches(7, 3, 2, seed=0, epoch=0)] == [2, 2, 2]
+    assert all(0 <= t < 3 for b in batches for _, t in b)
 
 
 def test_training_is_deterministic_under_a_seed(category, tmp_path):

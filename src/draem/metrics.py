@@ -416,3 +416,22 @@ class PixelScores:
             "pixel_ap": _average_precision_core(negatives, positives),
             "aupro": _aupro_core(negatives, positives, n_regions, self.max_fpr),
         }
+
+    def best_f1(self, groups: Sequence[str] | None = None) -> tuple[float, float]:
+        """Best pixel F1 and the lowest threshold reaching it (defective when score >= t)."""
+        negatives, positives, _ = self._sorted_parts(groups)
+        return _best_f1_core(negatives, positives)
+
+    def counts(self, thresholds: ArrayLike, groups: Sequence[str] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """True and false positives at each threshold (score >= t), and the totals P and N."""
+        negatives, positives, _ = self._sorted_parts(groups)
+        values = _as_scores(thresholds, np.float32)
+        return (_count_at_least(positives, values), _count_at_least(negatives, values),
+                _total_size(positives), _total_size(negatives))
+
+    def value_range(self, groups: Sequence[str] | None = None) -> tuple[float, float]:
+        """Lowest and highest pixel score over the given groups."""
+        negatives, positives, _ = self._sorted_parts(groups)
+        ends = [v for part in (*negatives, *positives) for v in (part.values[0], part.values[-1])]
+        return float(min(ends)), float(max(ends))

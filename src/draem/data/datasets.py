@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from draem.data.images import fit_to_square, read_image, read_mask, valid_region
-from draem.data.mvtec import LabelledSample
+from draem.data.layout import GOOD, LabelledSample
 from draem.errors import DraemError
 from draem.synthesis.sources import load_texture
 
@@ -33,7 +33,7 @@ class TrainImages(Dataset):
 
 
 class LabelledImages(Dataset):
-    """Test samples -> fitted image, binary mask at the evaluation size, and the valid region."""
+    """Test samples -> fitted image, binary mask at the evaluation size, valid region and label."""
 
     def __init__(self, samples: Sequence[LabelledSample], size: int, fit: str) -> None:
         self.samples, self.size, self.fit = list(samples), size, fit
@@ -55,4 +55,4 @@ class LabelledImages(Dataset):
                     f"{sample.path.name} is {image.shape[-1]}x{image.shape[-2]}")
             mask = fit_to_square(raw, self.size, self.fit)[0]
         return {"image": fitted, "mask": mask[0] >= 0.5, "valid": valid_region(where, self.size),
-                "index": index}
+                "defective": sample.defect_type != GOOD, "index": index}

@@ -1,12 +1,13 @@
 """Built-in demo data: synthetic surfaces with exactly masked defects, in the MVTec AD layout.
 
-Everything is rendered with numpy from a seed; nothing is downloaded. Geometry is expressed in
+Everything is rendered with numpy (float32) from a seed; nothing is downloaded. Geometry is in
 reference units (the image is 128 units wide whatever its pixel size), so a bigger image shows
 the same surface at a finer resolution.
 """
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ _REFERENCE_SIZE = 128.0
 _MAX_ATTEMPTS = 40
 _GENERATOR_TAG = "draem demo generator v1"
 _README_TITLE = "DRAEM demo dataset"
+_F32 = np.float32
 
 FloatImage = np.ndarray
 Footprint = tuple[FloatImage, np.ndarray]
@@ -49,7 +51,7 @@ class DemoSample:
 
 @dataclass(frozen=True)
 class _Grid:
-    """Pixel-centre coordinates in reference units, centred on the image."""
+    """Pixel-centre coordinates in reference units, centred on the image; `axis` is one row."""
 
     y: np.ndarray
     x: np.ndarray
@@ -82,20 +84,38 @@ class _Surface:
     missing_thread: Callable[[np.random.Generator], Footprint] | None = None
 
 
+def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(rng.uniform(low, high))
+
+
+def _rgb(values: Sequence[float]) -> np.ndarray:
+    return np.asarray(values, dtype=_F32)
+
+
+def _colour(values: Sequence[float], rng: np.random.Generator, spread: float) -> np.ndarray:
+    """An RGB colour jittered per channel by a relative `spread`."""
+    return _rgb(values) * (1 + rng.normal(0, spread, 3)).astype(_F32)
+
+
 def _make_grid(size: int) -> _Grid:
     unit = _REFERENCE_SIZE / size
-    coords = ((np.arange(size) + 0.5 - size / 2) * unit).astype(np.float32)
-    y, x = np.meshgrid(coords, coords, indexing="ij")
-    return _Grid(y, x, coords, unit)
+    axis = ((np.arange(size) + 0.5 - size / 2) * unit).astype(_F32)
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    return _Grid(y, x, axis, unit)
 
 
 def _rotate(grid: _Grid, angle: float) -> tuple[np.ndarray, np.ndarray]:
     """Coordinates (u along the direction `angle`, v across it)."""
-    c, s = np.cos(angle), np.sin(angle)
-    return grid.x * c + grid.y * s, -grid.x * s + grid.y * c
+    c, s = float(np.cos(angle)), float(np.sin(angle))
+    return grid.x * c + grid.y * s, grid.y * c - grid.x * s
 
 
-_LATTICE_STD = {1: 2 / 3, 2: 0.55}
+def _polar(grid: _Grid, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    dy, dx = grid.y - float(centre[0]), grid.x - float(centre[1])
+    return np.hypot(dy, dx), np.arctan2(dy, dx)
+
+
+_LATTICE_SPREAD = {1: 2 / 3, 2: 0.55}
 
 
 def _lattice_noise(rng: np.random.Generator, rows: np.ndarray, cols: np.ndarray,
@@ -103,8 +123,8 @@ def _lattice_noise(rng: np.random.Generator, rows: np.ndarray, cols: np.ndarray,
     """Random field of unit spread: a Gaussian lattice of `shape` read by wrapping B-splines."""
     lattice = rng.standard_normal(shape)
     field = ndimage.map_coordinates(lattice, [rows, cols], order=order, mode="grid-wrap",
-                                    prefilter=False)
-    return field / _LATTICE_STD[order]
+                                    prefilter=False, output=_F32)
+    return field / _LATTICE_SPREAD[order]
 
 
 def _bspline_taps(coords: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,13 +141,13 @@ def _bspline_taps(coords: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarra
 def _smooth_noise(rng: np.random.Generator, grid: _Grid, cell: float) -> np.ndarray:
     """Isotropic smooth noise of unit spread with features about `cell` reference units across."""
     cells = int(np.ceil(_REFERENCE_SIZE / cell)) + 4
-    offset = rng.uniform(0, cells, 2)
-    lattice = rng.standard_normal((cells, cells))
-    rows, row_weights = _bspline_taps(grid.axis / cell + offset[0], cells)
-    cols, col_weights = _bspline_taps(grid.axis / cell + offset[1], cells)
+    offset_y, offset_x = _uniform(rng, 0, cells), _uniform(rng, 0, cells)
+    lattice = rng.standard_normal((cells, cells), dtype=_F32)
+    rows, row_weights = _bspline_taps(grid.axis / cell + offset_y, cells)
+    cols, col_weights = _bspline_taps(grid.axis / cell + offset_x, cells)
     across_rows = sum(w[:, None] * lattice[i] for i, w in zip(rows, row_weights, strict=True))
     field = sum(across_rows[:, i] * w for i, w in zip(cols, col_weights, strict=True))
-    spread = np.sqrt((row_weights**2).sum(0).mean() * (col_weights**2).sum(0).mean())
+    spread = float(np.sqrt((row_weights**2).sum(0).mean() * (col_weights**2).sum(0).mean()))
     return field / spread
 
 
@@ -139,8 +159,8 @@ def _streaks(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, across: flo
     return _lattice_noise(rng, v / across + rows / 2, u / along + cols / 2, (rows, cols), order)
 
 
-def _smoothstep(lo: float, hi: float, t: np.ndarray) -> np.ndarray:
-    s = np.clip((t - lo) / (hi - lo), 0.0, 1.0)
+def _smoothstep(low: float, high: float, t: np.ndarray) -> np.ndarray:
+    s = np.clip((t - low) / (high - low), 0.0, 1.0)
     return s * s * (3 - 2 * s)
 
 
@@ -150,21 +170,22 @@ def _edge(signed_distance: np.ndarray, unit: float) -> np.ndarray:
 
 
 def _axis_angle(rng: np.random.Generator, skew: float) -> float:
+    """Mostly horizontal or vertical, slightly skewed: how sheet goods are photographed."""
     return float(rng.choice([0.0, np.pi / 2]) + rng.normal(0.0, skew))
 
 
 def _draw_look(rng: np.random.Generator, grid: _Grid) -> _Look:
-    direction = rng.uniform(0, 2 * np.pi)
-    ramp = (grid.x * np.cos(direction) + grid.y * np.sin(direction)) / _REFERENCE_SIZE
-    centre = rng.uniform(-50, 50, 2)
-    spot = np.exp(-((grid.y - centre[0]) ** 2 + (grid.x - centre[1]) ** 2)
-                  / (2 * rng.uniform(30, 70) ** 2))
-    light = rng.uniform(0.82, 1.12) * (1 + rng.uniform(0, 0.35) * ramp
-                                       + rng.uniform(0, 0.15) * spot)
-    tint = (1 + rng.normal(0, 0.02, 3)).astype(np.float32)
-    sigma = rng.uniform(0.006, 0.016)
-    noise = sigma * (rng.standard_normal((*grid.shape, 1), dtype=np.float32)
-                     + 0.4 * rng.standard_normal((*grid.shape, 3), dtype=np.float32))
+    """Brightness, a lighting ramp and soft spot, a colour cast and sensor noise."""
+    direction = _uniform(rng, 0, 2 * np.pi)
+    ramp = grid.x * float(np.cos(direction)) + grid.y * float(np.sin(direction))
+    centre_y, centre_x, width = _uniform(rng, -50, 50), _uniform(rng, -50, 50), _uniform(rng, 30, 70)
+    spot = np.exp(((grid.y - centre_y) ** 2 + (grid.x - centre_x) ** 2) / (-2 * width**2))
+    light = _uniform(rng, 0.82, 1.12) * (1 + _uniform(rng, 0, 0.35) / _REFERENCE_SIZE * ramp
+                                         + _uniform(rng, 0, 0.15) * spot)
+    tint = _colour((1.0, 1.0, 1.0), rng, 0.02)
+    sigma = _uniform(rng, 0.006, 0.016)
+    noise = sigma * (rng.standard_normal((*grid.shape, 1), dtype=_F32)
+                     + 0.4 * rng.standard_normal((*grid.shape, 3), dtype=_F32))
     return _Look(light, tint, noise)
 
 
@@ -178,21 +199,22 @@ _FABRIC_COLOURS = (
 
 
 def _fabric(rng: np.random.Generator, grid: _Grid) -> _Surface:
+    """Plain weave: warp and weft threads alternate over and under, with slubs and fibres."""
     angle = _axis_angle(rng, 0.06)
-    period = rng.uniform(4.5, 7.5)
+    period = _uniform(rng, 4.5, 7.5)
     u, v = _rotate(grid, angle)
-    u = u + 0.5 * _smooth_noise(rng, grid, 30)
-    v = v + 0.5 * _smooth_noise(rng, grid, 30)
+    u = u + 0.7 * _smooth_noise(rng, grid, 30)
+    v = v + 0.7 * _smooth_noise(rng, grid, 30)
     tu, tv = u / period, v / period
-    iu, iv = np.floor(tu).astype(np.int64), np.floor(tv).astype(np.int64)
-    fu, fv = tu - iu, tv - iv
+    floor_u, floor_v = np.floor(tu), np.floor(tv)
+    fu, fv = tu - floor_u, tv - floor_v
+    iu, iv = floor_u.astype(np.int64), floor_v.astype(np.int64)
     warp_over = (iu + iv) % 2 == 0
     palette = _FABRIC_COLOURS[rng.integers(len(_FABRIC_COLOURS))]
-    warp_col = np.asarray(palette[0]) * (1 + rng.normal(0, 0.05, 3))
-    weft_col = np.asarray(palette[1]) * (1 + rng.normal(0, 0.05, 3))
-    jitter = rng.normal(0, 0.06, (2, 64))
-    warp_shade = 1 + jitter[0][iv % 64] + 0.10 * _streaks(rng, u, v, period / 4, 3.0)
-    weft_shade = 1 + jitter[1][iu % 64] + 0.10 * _streaks(rng, v, u, period / 4, 3.0)
+    warp_col, weft_col = _colour(palette[0], rng, 0.05), _colour(palette[1], rng, 0.05)
+    slubs = rng.normal(0, 0.06, (2, 64)).astype(_F32)
+    warp_shade = 1 + slubs[0][iv % 64] + 0.14 * _streaks(rng, u, v, period / 4, 3.0)
+    weft_shade = 1 + slubs[1][iu % 64] + 0.14 * _streaks(rng, v, u, period / 4, 3.0)
 
     def cross(f: np.ndarray) -> np.ndarray:
         return np.sin(np.pi * f) ** 0.7
@@ -208,19 +230,20 @@ def _fabric(rng: np.random.Generator, grid: _Grid) -> _Surface:
     albedo = np.where(warp_over[..., None], warp, weft)
 
     def missing_thread(defect_rng: np.random.Generator) -> Footprint:
+        """A stretch of one thread gone: the crossing threads lie lower and in its shadow."""
         along_warp = bool(defect_rng.random() < 0.5)
         lane, along = (iv, u) if along_warp else (iu, v)
-        centre = defect_rng.uniform(-40, 40, 2)
-        pick = np.argmin((grid.y - centre[0]) ** 2 + (grid.x - centre[1]) ** 2)
-        start = along.flat[pick] - defect_rng.uniform(10, 40)
-        stop = along.flat[pick] + defect_rng.uniform(10, 40)
+        centre_y, centre_x = _uniform(defect_rng, -40, 40), _uniform(defect_rng, -40, 40)
+        pick = np.argmin((grid.y - centre_y) ** 2 + (grid.x - centre_x) ** 2)
+        start = float(along.flat[pick]) - _uniform(defect_rng, 10, 40)
+        stop = float(along.flat[pick]) + _uniform(defect_rng, 10, 40)
         ragged = 2.0 * np.abs(_smooth_noise(defect_rng, grid, 2.0))
         footprint = (lane == lane.flat[pick]) & (along > start - ragged) & (along < stop + ragged)
         if along_warp:
             under = thread(weft_col * 0.8, 0.65 * cross(fu), weft_shade)
         else:
             under = thread(warp_col * 0.8, 0.65 * cross(fv), warp_shade)
-        return under, footprint.astype(np.float64)
+        return under, footprint.astype(_F32)
 
     return _Surface(albedo, angle, missing_thread)
 
@@ -232,17 +255,17 @@ _METAL_COLOURS = (
 
 
 def _metal(rng: np.random.Generator, grid: _Grid) -> _Surface:
-    angle = _axis_angle(rng, 0.05) if rng.random() < 0.7 else float(rng.uniform(0, np.pi))
+    """Brushed metal: fine streaks along the brushing direction and a broad sheen."""
+    angle = _axis_angle(rng, 0.05) if rng.random() < 0.7 else _uniform(rng, 0, np.pi)
     u, v = _rotate(grid, angle)
-    scale = rng.uniform(0.7, 1.4)
+    scale = _uniform(rng, 0.7, 1.4)
     fine = _streaks(rng, u, v, max(scale, grid.unit), 40 * scale)
     medium = _streaks(rng, u, v, 3.0 * scale, 90 * scale)
-    centre, width = rng.uniform(-50, 50), rng.uniform(15, 45)
+    centre, width = _uniform(rng, -50, 50), _uniform(rng, 15, 45)
     sheen = np.exp(-(((v - centre) / width) ** 2))
-    base = np.asarray(_METAL_COLOURS[rng.integers(len(_METAL_COLOURS))])
-    base = base * (1 + rng.normal(0, 0.03, 3))
-    shade = (1 + 0.05 * fine + 0.035 * medium + rng.uniform(0.05, 0.18) * sheen
-             + 0.03 * _smooth_noise(rng, grid, 50))
+    base = _colour(_METAL_COLOURS[rng.integers(len(_METAL_COLOURS))], rng, 0.03)
+    shade = (1 + 0.07 * fine + 0.05 * medium + _uniform(rng, 0.05, 0.18) * sheen
+             + 0.04 * _smooth_noise(rng, grid, 50))
     return _Surface(base * shade[..., None], angle)
 
 
@@ -256,21 +279,22 @@ _WOOD_COLOURS = (
 
 
 def _wood(rng: np.random.Generator, grid: _Grid) -> _Surface:
+    """Flat-sawn wood: growth rings (light earlywood, dark latewood), fibres and pores."""
     angle = _axis_angle(rng, 0.08)
     u, v = _rotate(grid, angle)
-    period = rng.uniform(8, 16)
-    bow = rng.uniform(-1, 1) ** 3 * 0.003 * (u - rng.uniform(-60, 60)) ** 2
-    rings = v + bow + rng.uniform(1.5, 4) * _streaks(rng, u, v, 50, 90, order=2)
-    phase = rings / period + 0.14 * _streaks(rng, u, rings, period * 2, 150, order=2)
+    period = _uniform(rng, 8, 16)
+    bow = float(rng.uniform(-1, 1) ** 3 * 0.003) * (u - _uniform(rng, -60, 60)) ** 2
+    rings = v + bow + _uniform(rng, 2, 5.5) * _streaks(rng, u, v, 50, 90, order=2)
+    phase = rings / period + 0.2 * _streaks(rng, u, rings, period * 2, 150, order=2)
     f = phase - np.floor(phase)
     late = _smoothstep(0.45, 0.85, f) * (1 - _smoothstep(0.9, 1.0, f))
     fibres = _streaks(rng, u, rings, 1.2, 20)
-    pores = np.clip(_streaks(rng, u, rings, 0.8, rng.uniform(3, 6)) - 1.5, 0, None)
-    light_col, dark_col = (np.asarray(c) for c in _WOOD_COLOURS[rng.integers(len(_WOOD_COLOURS))])
-    tone = 1 + rng.normal(0, 0.03, 3)
-    mix = rng.uniform(0.75, 1.0) * late
-    albedo = light_col * tone * (1 - mix[..., None]) + dark_col * tone * mix[..., None]
-    shade = 1 + 0.025 * fibres - 0.15 * pores + 0.04 * _smooth_noise(rng, grid, 40)
+    pores = np.clip(_streaks(rng, u, rings, 0.8, _uniform(rng, 3, 6)) - 2.0, 0, None)
+    light_col, dark_col = _WOOD_COLOURS[rng.integers(len(_WOOD_COLOURS))]
+    tone = rng.normal(0, 0.03, 3)
+    mix = (_uniform(rng, 0.75, 1.0) * late)[..., None]
+    albedo = (_rgb(light_col) * (1 - mix) + _rgb(dark_col) * mix) * (1 + tone.astype(_F32))
+    shade = 1 + 0.035 * fibres - 0.2 * pores + 0.05 * _smooth_noise(rng, grid, 40)
     return _Surface(albedo * shade[..., None], angle)
 
 
@@ -286,18 +310,18 @@ def _worley(rng: np.random.Generator, grid: _Grid, cell: float) -> tuple[np.ndar
     and second-nearest seed, and the nearest seed's number."""
     count = int(np.ceil(_REFERENCE_SIZE / cell)) + 3
     origin = -_REFERENCE_SIZE / 2 - cell
-    jitter = rng.random((2, count, count)).astype(np.float32)
-    seed_y = origin + (np.arange(count)[:, None] + jitter[0]) * cell
-    seed_x = origin + (np.arange(count)[None, :] + jitter[1]) * cell
-    axis = grid.axis.astype(np.float32)
+    jitter = rng.random((2, count, count), dtype=_F32)
+    seed_y = origin + (np.arange(count, dtype=_F32)[:, None] + jitter[0]) * cell
+    seed_x = origin + (np.arange(count, dtype=_F32)[None, :] + jitter[1]) * cell
     home = np.clip(((grid.axis - origin) // cell).astype(np.int64), 1, count - 2)
-    nearest = np.full(grid.shape, np.inf, dtype=np.float32)
+    nearest = np.full(grid.shape, np.inf, dtype=_F32)
     second = nearest.copy()
     number = np.zeros(grid.shape, dtype=np.int64)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             rows, cols = np.ix_(home + dy, home + dx)
-            squared = (axis[:, None] - seed_y[rows, cols]) ** 2 + (axis - seed_x[rows, cols]) ** 2
+            squared = ((grid.axis[:, None] - seed_y[rows, cols]) ** 2
+                       + (grid.axis - seed_x[rows, cols]) ** 2)
             closer = squared < nearest
             second = np.where(closer, nearest, np.minimum(second, squared))
             number = np.where(closer, rows * count + cols, number)
@@ -306,21 +330,24 @@ def _worley(rng: np.random.Generator, grid: _Grid, cell: float) -> tuple[np.ndar
 
 
 def _terrazzo(rng: np.random.Generator, grid: _Grid) -> _Surface:
-    binder = np.asarray(_BINDER_COLOURS[rng.integers(len(_BINDER_COLOURS))])
-    albedo = np.broadcast_to(binder * (1 + rng.normal(0, 0.03, 3)), (*grid.shape, 3))
-    albedo = albedo * (1 + 0.05 * _smooth_noise(rng, grid, 1.5))[..., None]
-    palette = np.asarray(_CHIP_COLOURS)[rng.choice(len(_CHIP_COLOURS), 4, replace=False)]
-    mottle = _smooth_noise(rng, grid, 2.0)
-    density = rng.uniform(0.8, 1.25)
-    for cell, fill in ((rng.uniform(13, 20) / density, 0.85), (rng.uniform(4, 7) / density, 0.6)):
+    """Terrazzo: angular stone chips of a few colours, large and small, set in a fine binder."""
+    binder = _colour(_BINDER_COLOURS[rng.integers(len(_BINDER_COLOURS))], rng, 0.03)
+    albedo = binder * (1 + 0.06 * _smooth_noise(rng, grid, 1.5))[..., None]
+    palette = np.asarray(_CHIP_COLOURS, dtype=_F32)
+    palette = palette[rng.choice(len(_CHIP_COLOURS), 4, replace=False)]
+    mottle = 1 + 0.06 * _smooth_noise(rng, grid, 1.5)
+    density = _uniform(rng, 0.8, 1.25)
+    for cell, fill in ((_uniform(rng, 13, 20) / density, 0.85),
+                       (_uniform(rng, 4, 7) / density, 0.6)):
         nearest, second, number = _worley(rng, grid, cell)
         count = int(number.max()) + 1
-        gap = rng.uniform(0.08, 0.3, count) * cell
+        gap = (rng.uniform(0.08, 0.3, count) * cell).astype(_F32)
         present = rng.random(count) < fill
         coverage = _edge((second - nearest) / 2 - gap[number], grid.unit) * present[number]
-        colours = palette[rng.integers(len(palette), size=count)] * rng.uniform(0.85, 1.1, (count, 1))
-        chip = colours[number] * (1 + 0.07 * mottle)[..., None]
-        albedo = albedo * (1 - coverage[..., None]) + chip * coverage[..., None]
+        brightness = rng.uniform(0.85, 1.1, (count, 1)).astype(_F32)
+        colours = palette[rng.integers(len(palette), size=count)] * brightness
+        chip = colours[number] * mottle[..., None]
+        albedo = albedo + (chip - albedo) * coverage[..., None]
     return _Surface(albedo, 0.0)
 
 
@@ -340,70 +367,64 @@ def _path(start: np.ndarray, headings: np.ndarray, step: float) -> np.ndarray:
     return start + np.vstack([np.zeros((1, 2)), np.cumsum(moves, axis=0)])
 
 
-def _smooth_curve(rng: np.random.Generator, length: float, bend: float,
-                  heading: float | None = None, start: np.ndarray | None = None) -> np.ndarray:
-    """A gently curving path of about `length` units through a random point."""
+def _smooth_curve(rng: np.random.Generator, length: float, bend: float) -> np.ndarray:
+    """A gently curving path of about `length` units centred on a random point."""
     step = 0.3
     count = max(int(length / step), 4)
     turns = ndimage.gaussian_filter1d(rng.normal(0, 1, count), count / 6, mode="nearest")
     turns = turns / (np.abs(turns).max() + 1e-9) * bend
-    base = rng.uniform(0, 2 * np.pi) if heading is None else heading
-    points = _path(np.zeros(2), base + turns, step)
-    centre = _random_point(rng, length / 3) if start is None else start + points[count // 2]
-    return points - points[count // 2] + centre
+    points = _path(np.zeros(2), rng.uniform(0, 2 * np.pi) + turns, step)
+    return points - points[count // 2] + _random_point(rng, length / 3)
 
 
 def _jagged_path(rng: np.random.Generator, start: np.ndarray, heading: float, length: float,
                  jitter: float) -> np.ndarray:
     """A crack-like path: short straight segments at jittered angles around a drifting heading."""
-    segment = rng.uniform(1.5, 3.0)
+    segment = _uniform(rng, 1.5, 3.0)
     count = max(int(length / segment), 2)
     drift = np.cumsum(rng.normal(0, jitter / 4, count))
     corners = _path(start, heading + drift + rng.normal(0, jitter, count), segment)
     fine = np.linspace(0, 1, int(segment / 0.3) + 1)[:-1]
-    pieces = [a + fine[:, None] * (b - a) for a, b in zip(corners[:-1], corners[1:], strict=True)]
+    pieces = [a + fine[:, None] * (b - a) for a, b in itertools.pairwise(corners)]
     return np.vstack([*pieces, corners[-1:]])
 
 
 def _stroke(grid: _Grid, points: np.ndarray, half_width: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Coverage of a stroke of per-point half widths, and the index of the nearest point."""
+    """Coverage of a stroke of per-point half widths (at least 0.6 pixel), and the index of the
+    nearest point."""
+    half_width = np.maximum(half_width, 0.6 * grid.unit)
     pixels = np.column_stack([grid.y.ravel(), grid.x.ravel()])
     reach = float(half_width.max()) + 2 * grid.unit
     distance, index = cKDTree(points).query(pixels, distance_upper_bound=reach)
     index = np.minimum(index, len(points) - 1).reshape(grid.shape)
     distance = distance.reshape(grid.shape)
     coverage = np.where(np.isfinite(distance), _edge(half_width[index] - distance, grid.unit), 0)
-    return coverage, index
+    return coverage.astype(_F32), index
 
 
 def _blob_radius(rng: np.random.Generator, angle: np.ndarray, roughness: float) -> np.ndarray:
     """Relative radius (about 1) of an irregular blob in each direction."""
     radius = np.ones_like(angle)
     for k in range(2, 7):
-        radius = radius + rng.uniform(0, roughness / k**0.5) * np.cos(k * angle
-                                                                       + rng.uniform(0, 2 * np.pi))
+        amplitude, phase = _uniform(rng, 0, roughness / k**0.5), _uniform(rng, 0, 2 * np.pi)
+        radius = radius + amplitude * np.cos(k * angle + phase)
     return radius
-
-
-def _polar(grid: _Grid, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    dy, dx = grid.y - centre[0], grid.x - centre[1]
-    return np.hypot(dy, dx), np.arctan2(dy, dx)
 
 
 def _scratch(rng: np.random.Generator, clean: FloatImage, grid: _Grid, surface: _Surface,
              look: _Look, kind: str) -> Footprint:
-    length = rng.uniform(30, 75)
-    points = _smooth_curve(rng, length, rng.uniform(0.1, 0.6))
-    t = np.linspace(0, 1, len(points))
-    taper = np.sin(np.pi * t) ** 0.3
-    half_width = rng.uniform(0.6, 1.1) * taper + 0.2
+    """A thin curved stroke, bright (polished) or dark on metal, pale raw wood on wood."""
+    length = _uniform(rng, 30, 75)
+    points = _smooth_curve(rng, length, _uniform(rng, 0.1, 0.6))
+    taper = np.sin(np.pi * np.linspace(0, 1, len(points))) ** 0.3
+    half_width = _uniform(rng, 0.6, 1.1) * taper + 0.2
     coverage, index = _stroke(grid, points, half_width)
     strength = np.clip(0.75 + 0.5 * ndimage.gaussian_filter1d(rng.normal(0, 1, len(points)), 20),
-                       0.35, 1.0)
+                       0.35, 1.0).astype(_F32)
     alpha = coverage * strength[index]
-    if kind == "wood":
-        target = clean * 0.55 + 0.45 * np.asarray([0.93, 0.84, 0.70]) * look.light[..., None]
-    elif rng.random() < 0.65:
+    if kind == "wood" and float(clean.mean()) < 0.55:
+        target = clean * 0.5 + 0.5 * _rgb((0.93, 0.84, 0.70)) * look.light[..., None]
+    elif rng.random() < 0.65 and float(clean.mean()) < 0.7:
         target = clean + (1 - clean) * 0.7
     else:
         target = clean * 0.35
@@ -412,44 +433,42 @@ def _scratch(rng: np.random.Generator, clean: FloatImage, grid: _Grid, surface: 
 
 def _crack(rng: np.random.Generator, clean: FloatImage, grid: _Grid, surface: _Surface,
            look: _Look, kind: str) -> Footprint:
+    """A dark, branching, jagged path; in wood it runs along the grain."""
     if kind == "wood":
-        heading = surface.angle + rng.choice([0.0, np.pi]) + rng.normal(0, 0.08)
+        heading = surface.angle + float(rng.choice([0.0, np.pi]) + rng.normal(0, 0.08))
     else:
-        heading = rng.uniform(0, 2 * np.pi)
-    length = rng.uniform(30, 70)
+        heading = _uniform(rng, 0, 2 * np.pi)
+    length = _uniform(rng, 30, 70)
     start = _random_point(rng, 20) - length / 2 * np.array([np.sin(heading), np.cos(heading)])
     jitter = 0.25 if kind == "wood" else 0.5
     main = _jagged_path(rng, start, heading, length, jitter)
-    widths = [rng.uniform(0.5, 1.0) * (0.3 + 0.7 * np.sin(np.pi * np.linspace(0, 1, len(main))))]
+    widths = [_uniform(rng, 0.5, 1.0) * (0.3 + 0.7 * np.sin(np.pi * np.linspace(0, 1, len(main))))]
     paths = [main]
     for _ in range(rng.integers(0, 3 if kind == "wood" else 4)):
         fork = main[rng.integers(len(main) // 5, 4 * len(main) // 5)]
-        branch = _jagged_path(rng, fork, heading + rng.choice([-1, 1]) * rng.uniform(0.4, 1.1),
-                              rng.uniform(6, 22), jitter)
+        turn = float(rng.choice([-1, 1]) * rng.uniform(0.4, 1.1))
+        branch = _jagged_path(rng, fork, heading + turn, _uniform(rng, 6, 22), jitter)
         widths.append(widths[0].max() * 0.7 * np.linspace(1, 0.2, len(branch)))
         paths.append(branch)
     coverage, _ = _stroke(grid, np.vstack(paths), np.concatenate(widths) + 0.15)
-    target = clean * rng.uniform(0.12, 0.3)
-    return target, coverage
+    return clean * _uniform(rng, 0.12, 0.3), coverage
 
 
 def _hole(rng: np.random.Generator, clean: FloatImage, grid: _Grid, surface: _Surface,
           look: _Look, kind: str) -> Footprint:
+    """A small dark cavity, shaded on one side, with a lighter raised or frayed rim."""
     low, high = {"metal": (2.5, 4.5), "fabric": (3.5, 7.5)}.get(kind, (3.0, 7.0))
-    radius = rng.uniform(low, high)
-    centre = _random_point(rng, radius + 6)
-    distance, angle = _polar(grid, centre)
-    roughness = 0.35 if kind == "fabric" else 0.15
-    inner = radius * _blob_radius(rng, angle, roughness)
-    rim = rng.uniform(0.8, 1.8) * (1 + 0.6 * _smooth_noise(rng, grid, 1.5).clip(-0.8, 0.8))
-    inside = _edge(inner - distance, grid.unit)
+    radius = _uniform(rng, low, high)
+    distance, angle = _polar(grid, _random_point(rng, radius + 6))
+    inner = radius * _blob_radius(rng, angle, 0.35 if kind == "fabric" else 0.15)
+    rim = _uniform(rng, 0.8, 1.8) * (1 + 0.6 * _smooth_noise(rng, grid, 1.5).clip(-0.8, 0.8))
+    inside = _edge(inner - distance, grid.unit)[..., None]
     coverage = _edge(inner + rim - distance, grid.unit)
-    light_dir = rng.uniform(0, 2 * np.pi)
+    light_dir = _uniform(rng, 0, 2 * np.pi)
     slope = (np.cos(angle - light_dir) * np.clip(distance / radius, 0, 1))[..., None]
-    depth = np.asarray([0.06, 0.05, 0.05]) + clean * (0.18 + 0.1 * slope)
+    depth = _rgb((0.06, 0.05, 0.05)) + clean * (0.18 + 0.1 * slope)
     lip = clean * 0.75 + 0.28
-    target = depth * inside[..., None] + lip * (1 - inside[..., None])
-    return target, coverage
+    return depth * inside + lip * (1 - inside), coverage
 
 
 _STAIN_COLOURS = {
@@ -462,18 +481,18 @@ _STAIN_COLOURS = {
 
 def _stain(rng: np.random.Generator, clean: FloatImage, grid: _Grid, surface: _Surface,
            look: _Look, kind: str) -> Footprint:
-    radius = rng.uniform(6, 16)
-    centre = _random_point(rng, radius + 4)
-    distance, angle = _polar(grid, centre)
-    stretch = _blob_radius(rng, angle, 0.3)
-    depth = radius * stretch - distance + 2.0 * _smooth_noise(rng, grid, radius / 2)
+    """A soft-edged colour shift (oil, rust, water) with a slightly darker tide line."""
+    radius = _uniform(rng, 6, 16)
+    distance, angle = _polar(grid, _random_point(rng, radius + 4))
+    depth = (radius * _blob_radius(rng, angle, 0.3) - distance
+             + 2.0 * _smooth_noise(rng, grid, radius / 2))
     body = np.clip(depth / (0.5 * radius), 0, 1)
-    tide = rng.uniform(0, 0.5) * np.exp(-np.clip(depth, 0, None) / 1.2)
-    strength = rng.uniform(0.55, 0.9)
-    alpha = np.where(depth > 0, strength * np.clip(0.35 + 0.65 * body + tide, 0, 1), 0.0)
+    tide = _uniform(rng, 0, 0.5) * np.exp(np.clip(depth, 0, None) / -1.2)
+    strength = _uniform(rng, 0.65, 0.95)
+    alpha = np.where(depth > 0, strength * np.clip(0.35 + 0.65 * body + tide, 0, 1), 0)
     colours = _STAIN_COLOURS[kind]
-    target = clean * np.asarray(colours[rng.integers(len(colours))]) * rng.uniform(0.6, 0.85)
-    return target, alpha
+    tint = _rgb(colours[rng.integers(len(colours))]) * _uniform(rng, 0.5, 0.8)
+    return clean * tint, alpha.astype(_F32)
 
 
 _PARTICLE_COLOURS = (
@@ -484,27 +503,24 @@ _PARTICLE_COLOURS = (
 
 def _contamination(rng: np.random.Generator, clean: FloatImage, grid: _Grid, surface: _Surface,
                    look: _Look, kind: str) -> Footprint:
-    palette = np.asarray(_PARTICLE_COLOURS)
-    colour = palette[rng.integers(len(palette))]
+    """Foreign matter lying on the surface: a stray fibre, or a cluster of small particles."""
+    colour = _rgb(_PARTICLE_COLOURS[rng.integers(len(_PARTICLE_COLOURS))])
+    shade = np.ones(grid.shape, dtype=_F32)
     if kind == "fabric" or rng.random() < 0.25:
-        points = _smooth_curve(rng, rng.uniform(35, 80), rng.uniform(1.5, 4.0))
-        coverage, _ = _stroke(grid, points, np.full(len(points), rng.uniform(0.55, 0.9)))
-        shade = np.ones(grid.shape)
+        points = _smooth_curve(rng, _uniform(rng, 35, 80), _uniform(rng, 1.5, 4.0))
+        coverage, _ = _stroke(grid, points, np.full(len(points), _uniform(rng, 0.55, 0.9)))
     else:
         centre = _random_point(rng, 12)
-        coverage = np.zeros(grid.shape)
-        shade = np.ones(grid.shape)
-        light_dir = rng.uniform(0, 2 * np.pi)
+        coverage = np.zeros(grid.shape, dtype=_F32)
+        light_dir = _uniform(rng, 0, 2 * np.pi)
         for _ in range(rng.integers(2, 8)):
-            radius = rng.uniform(1.2, 3.2)
+            radius = _uniform(rng, 1.2, 3.2)
             distance, angle = _polar(grid, centre + rng.normal(0, 5, 2))
-            edge = radius * _blob_radius(rng, angle, 0.3) - distance
-            grain = _edge(edge, grid.unit)
+            grain = _edge(radius * _blob_radius(rng, angle, 0.3) - distance, grid.unit)
             dome = 1 + 0.3 * np.cos(angle - light_dir) * np.clip(distance / radius, 0, 1)
             shade = np.where(grain > coverage, dome, shade)
             coverage = np.maximum(coverage, grain)
-    target = colour * (look.light * shade)[..., None] + look.noise
-    return target, coverage
+    return colour * (look.light * shade)[..., None] + look.noise, coverage
 
 
 def _missing_thread(rng: np.random.Generator, clean: FloatImage, grid: _Grid, surface: _Surface,
@@ -632,6 +648,8 @@ def generate_demo_dataset(out: Path, seed: int = 0, kinds: Sequence[str] | None 
     unknown = [kind for kind in kinds if kind not in DEMO_KINDS]
     if unknown or not kinds:
         raise DraemError(f"demo kinds {list(kinds)}: choose from {', '.join(DEMO_KINDS)}")
+    if seed < 0:
+        raise DraemError(f"demo seed {seed}: must be zero or positive")
     _check_counts(image_size, {"train_per_kind": train_per_kind,
                                "test_good_per_kind": test_good_per_kind,
                                "test_defects_per_type": test_defects_per_type})

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from draem.data.datasets import LabelledImages
-from draem.data.mvtec import GOOD, category_dir, list_test_samples
+from draem.data.catalog import open_dataset
+from draem.data.layout import GOOD
 from draem.engine.devices import resolve_device
 from draem.engine.inference import Predictor
 from draem.engine.run import RunFiles, load_model
@@ -58,12 +59,12 @@ def format_table(metrics: dict) -> str:
 
 def evaluate(config: EvaluationConfig) -> dict:
     """Score every test image, compute the metrics, write metrics.json and scores.csv."""
-    category = category_dir(config.data, config.category)
-    samples = list_test_samples(category)
+    dataset = open_dataset(config.data, config.category)
+    samples = dataset.test_samples()
     loaded = load_model(config.run)
     predictor = Predictor(loaded, resolve_device(config.device), config.precision)
-    dataset = LabelledImages(samples, loaded.info.image_size, loaded.info.fit)
-    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers)
+    images = LabelledImages(samples, loaded.info.image_size, loaded.info.fit)
+    loader = DataLoader(images, batch_size=config.batch_size, num_workers=config.workers)
 
     pixels = PixelScores()
     image_scores = torch.empty(len(samples))
@@ -84,7 +85,7 @@ def evaluate(config: EvaluationConfig) -> dict:
                 **pixels.compute(groups)}
 
     metrics = {
-        "run": str(loaded.path), "data": str(category), "category": category.name,
+        "run": str(loaded.path), "data": str(dataset.root), "category": dataset.name,
         "overall": group_metrics([GOOD, *types]),
         "defect_types": {t: group_metrics([GOOD, t]) for t in types},
     }

@@ -19,9 +19,11 @@ from tqdm import tqdm
 
 from draem.data.datasets import TrainImages
 from draem.data.images import FIT_MODES, read_image
-from draem.data.mvtec import category_dir, list_train_images
+from draem.data.catalog import open_dataset
 from draem.engine.devices import autocast, resolve_device
-from draem.engine.run import ModelInfo, RunFiles, read_torch_file, save_model, versions
+from draem.engine.calibrate import Thresholds, calibrate_with_simulated_defects
+from draem.engine.inference import Predictor
+from draem.engine.run import LoadedModel, ModelInfo, RunFiles, read_torch_file, save_model, versions
 from draem.errors import DraemError
 from draem.files import save_torch, write_json, write_text
 from draem.losses import draem_loss
@@ -32,6 +34,7 @@ from draem.synthesis.sources import list_texture_images, procedural_textures
 log = logging.getLogger("draem")
 
 SOURCE_COLOURS = ("color", "gray", "auto")
+MAX_CALIBRATION_IMAGES = 256
 LOSS_COLUMNS = ("step", "epoch", "lr", "l2", "ssim", "focal", "total", "images_per_s")
 
 
@@ -60,6 +63,7 @@ class TrainConfig:
     channels_last: bool = False
     workers: int = 0
     checkpoint_every: int = 500
+    validation_fraction: float = 0.1
     resume: bool = False
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
@@ -95,6 +99,8 @@ def _check(config: TrainConfig) -> None:
     if config.image_size % 32:
         raise DraemError(f"--image-size {config.image_size}: must be a multiple of 32 "
                          "(the discriminative network halves it five times)")
+    if not 0 <= config.validation_fraction < 1:
+        raise DraemError(f"--validation-fraction {config.validation_fraction}: must be in [0, 1)")
     if config.source_colour not in SOURCE_COLOURS:
         raise DraemError(f"--source-colour {config.source_colour}: expected one of {', '.join(SOURCE_COLOURS)}")
     if config.fit not in FIT_MODES:
@@ -112,14 +118,48 @@ def with_source_colour(config: TrainConfig, paths: list[Path]) -> TrainConfig:
     return replace(config, simulation=replace(config.simulation, grayscale_sources=grey))
 
 
+def split_validation(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Hold out a seeded random `fraction` of the images (at least one train image stays)."""
+    count = min(round(fraction * len(paths)), len(paths) - 1)
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
+    held_out = set(order[:count])
+    return ([p for i, p in enumerate(paths) if i not in held_out],
+            [p for i, p in enumerate(paths) if i in held_out])
+
+
+def calibrate_after_training(model: Draem, info: ModelInfo, config: TrainConfig, images: list[Path],
+                             textures: list[Path], device: torch.device) -> Thresholds:
+    """Thresholds from held-out normal images and simulated defects on them."""
+    images = images[:MAX_CALIBRATION_IMAGES]
+    generator = torch.Generator().manual_seed(config.seed)
+    picks = torch.randint(0, max(len(textures), 1), (len(images),), generator=generator).tolist()
+    dataset = TrainImages(images, config.image_size, config.fit, textures)
+    items = [dataset[(i, t)] for i, t in enumerate(picks)]
+    batch = torch.stack([item["image"] for item in items])
+    sources = (torch.stack([item["source"] for item in items]) if textures
+               else procedural_textures(len(images), config.image_size, generator))
+    predictor = Predictor(LoadedModel(model, info, Path(config.out)), device)
+    return calibrate_with_simulated_defects(predictor, batch, sources, config.simulation, config.seed)
+
+
 def epoch_batches(images: int, textures: int, batch_size: int, seed: int, epoch: int
                   ) -> list[list[tuple[int, int]]]:
-    """The (image, texture) index batches of one epoch: a seeded shuffle, the last batch partial."""
+    """The (image, texture) index batches of one epoch: a seeded shuffle, the last batch partial.
+
+    A trailing batch of a single image is dropped: BatchNorm cannot train on one 1x1 feature map.
+    """
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
     order = torch.randperm(images, generator=generator).tolist()
     picks = torch.randint(0, max(textures, 1), (images,), generator=generator).tolist()
     pairs = list(zip(order, picks, strict=True))
-    return [pairs[i:i + batch_size] for i in range(0, images, batch_size)]
+    return [pairs[i:i + batch_size] for i in range(0, batches_per_epoch(images, batch_size) * batch_size,
+                                                    batch_size)]
+
+
+def batches_per_epoch(images: int, batch_size: int) -> int:
+    """Full batches plus a partial one of at least two images (or the only image there is)."""
+    full, rest = divmod(images, batch_size)
+    return max(full + (rest > 1), 1)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -187,8 +227,9 @@ def train(config: TrainConfig) -> Path:
     config = resumed_config(config)
     _check(config)
     files = RunFiles(Path(config.out))
-    paths = list_train_images(category_dir(config.data, config.category))
-    config = with_source_colour(config, paths)
+    all_paths = open_dataset(config.data, config.category).train_images()
+    config = with_source_colour(config, all_paths)
+    paths, held_out = split_validation(all_paths, config.validation_fraction, config.seed)
     textures = list_texture_images(config.anomaly_source) if config.anomaly_source else []
     if not textures:
         log.warning("no --anomaly-source given: using the built-in procedural textures")
@@ -199,7 +240,7 @@ def train(config: TrainConfig) -> Path:
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    steps_per_epoch = math.ceil(len(paths) / config.batch_size)
+    steps_per_epoch = batches_per_epoch(len(paths), config.batch_size)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     milestones = [round(f * total_steps) for f in config.lr_milestones]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, config.lr_gamma)
@@ -219,7 +260,8 @@ def train(config: TrainConfig) -> Path:
     for stale in files.root.glob(".*.tmp"):
         stale.unlink()
     write_json(files.config, {"train": asdict(config), "versions": versions(),
-                              "train_images": len(paths), "anomaly_sources": len(textures),
+                              "train_images": len(paths), "validation_images": len(held_out),
+                              "anomaly_sources": len(textures),
                               "steps_per_epoch": steps_per_epoch, "total_steps": total_steps})
 
     def save_checkpoint() -> None:
@@ -280,6 +322,13 @@ def train(config: TrainConfig) -> Path:
         raise DraemError(f"{files.checkpoint}: training interrupted at step {step} of {total_steps}; "
                          "checkpoint saved, continue with --resume", 130)
     info = ModelInfo(config.recon_width, config.seg_width, config.image_size, config.fit)
+    if not held_out:
+        log.warning("no validation split (--validation-fraction 0): calibrating on training images")
+    thresholds = calibrate_after_training(model, info, config, held_out or paths, textures, device)
+    info.thresholds = thresholds.as_dict()
+    log.info("calibrated on %d normal and %d simulated defective images: image threshold %.4f, "
+             "pixel threshold %.4f", thresholds.normal_images, thresholds.defective_images,
+             thresholds.image, thresholds.pixel)
     save_model(files.model, model, info)
     log.info("model written to %s", files.model)
     return files.model

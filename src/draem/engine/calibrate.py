@@ -1,0 +1,100 @@
+"""Decision thresholds for a trained model, from normal images and simulated or real defects."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from draem.engine.inference import Predictor
+from draem.metrics import PixelScores, f1_max
+from draem.synthesis.simulator import SimulationConfig, simulate_anomalies
+
+NORMAL, DEFECTIVE = "normal", "defective"
+MAX_PASSES = 8
+
+
+@dataclass
+class Thresholds:
+    """Image and pixel decision thresholds, with the score ranges used to normalise scores."""
+
+    image: float
+    pixel: float
+    image_low: float
+    image_high: float
+    pixel_low: float
+    pixel_high: float
+    method: str
+    normal_images: int
+    defective_images: int
+
+    def as_dict(self) -> dict[str, float | str | int]:
+        return asdict(self)
+
+
+def normalise(scores: torch.Tensor, threshold: float, low: float, high: float) -> torch.Tensor:
+    """Map scores to [0, 1] so that the threshold lands on 0.5 (min-max spread around it)."""
+    return ((scores - threshold) / max(high - low, 1e-6) + 0.5).clamp(0, 1)
+
+
+def midway_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """The F1-optimal cut, moved halfway down to the next lower score so it sits inside the gap."""
+    _, cut = f1_max(scores, labels)
+    below = scores[scores < cut]
+    return float(cut) if len(below) == 0 else float((below.max() + cut) / 2)
+
+
+def thresholds_from_scores(image_scores: torch.Tensor, image_labels: torch.Tensor,
+                           pixels: PixelScores, method: str) -> Thresholds:
+    """Thresholds from labelled image scores and labelled pixel maps (groups normal, defective)."""
+    _, pixel_cut = pixels.best_f1()
+    low, high = pixels.value_range()
+    return Thresholds(
+        image=midway_threshold(image_scores, image_labels), pixel=float(pixel_cut),
+        image_low=float(image_scores.min()), image_high=float(image_scores.max()),
+        pixel_low=low, pixel_high=high, method=method,
+        normal_images=int((~image_labels).sum()), defective_images=int(image_labels.sum()))
+
+
+def calibrate_with_simulated_defects(predictor: Predictor, images: torch.Tensor, sources: torch.Tensor,
+                                     simulation: SimulationConfig, seed: int = 0,
+                                     min_defective: int = 64, batch_size: int = 8) -> Thresholds:
+    """Thresholds from held-out normal images and simulated anomalies on copies of them."""
+    generator = torch.Generator().manual_seed(seed)
+    always = SimulationConfig(**{**asdict(simulation), "anomaly_prob": 1.0, "image_rotation_prob": 0.0})
+    pixels = PixelScores()
+    scores, labels = [], []
+    passes = min(math.ceil(min_defective / len(images)), MAX_PASSES)
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        maps, image_scores = predictor(batch)
+        for anomaly_map in maps:
+            pixels.add(anomaly_map.cpu(), torch.zeros_like(anomaly_map, dtype=torch.bool).cpu(), NORMAL)
+        scores.append(image_scores.cpu())
+        labels.append(torch.zeros(len(batch), dtype=torch.bool))
+        for _ in range(passes):
+            sim = simulate_anomalies(batch, sources[start:start + batch_size], generator, always)
+            keep = sim.has_anomaly.cpu()
+            if not keep.any():
+                continue
+            maps, image_scores = predictor(sim.augmented[keep])
+            for anomaly_map, mask in zip(maps.cpu(), sim.mask[keep][:, 0].bool().cpu(), strict=True):
+                pixels.add(anomaly_map, mask, DEFECTIVE)
+            scores.append(image_scores.cpu())
+            labels.append(torch.ones(int(keep.sum()), dtype=torch.bool))
+    return thresholds_from_scores(torch.cat(scores), torch.cat(labels), pixels, "simulated defects")
+
+
+def calibrate_with_labelled_images(predictor: Predictor, batches: Iterable[dict[str, torch.Tensor]]
+                                   ) -> Thresholds:
+    """F1-optimal thresholds from labelled validation images (batches with image, mask, valid)."""
+    pixels = PixelScores()
+    scores, labels = [], []
+    for batch, maps, image_scores in predictor.run(batches):
+        for anomaly_map, mask, valid in zip(maps, batch["mask"], batch["valid"], strict=True):
+            pixels.add(anomaly_map, mask, DEFECTIVE if mask.any() else NORMAL, valid)
+        scores.append(image_scores)
+        labels.append(batch["defective"])
+    return thresholds_from_scores(torch.cat(scores), torch.cat(labels), pixels, "labelled defects")
