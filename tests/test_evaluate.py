@@ -11,7 +11,7 @@ from draem.engine.evaluate import EvaluationConfig, evaluate
 from draem.engine.run import ModelInfo, load_model, save_model
 from draem.engine.train import TrainConfig, train
 from draem.metrics import auroc
-from draem.models import Draem
+from draem.models import DraemModel
 
 METRICS = {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro", "images"}
 
@@ -81,7 +81,7 @@ def test_unreadable_test_image_is_named(trained, tmp_path, capsys):
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path, capsys):
-    save_model(tmp_path / "model.pt", Draem(8, 4), ModelInfo(recon_width=4, seg_width=4, image_size=32))
+    save_model(tmp_path / "model.pt", DraemModel(8, 4), ModelInfo(recon_width=4, seg_width=4, image_size=32))
     data = make_category(tmp_path / "data")
     assert main(["test", "--run", str(tmp_path), "--data", str(data)]) != 0
     err = capsys.readouterr().err

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import FIXTURES
 
-from draem.models import DiscriminativeSubNetwork, Draem, ReconstructiveSubNetwork
+from draem.models import DiscriminativeSubNetwork, DraemModel, ReconstructiveSubNetwork
 from draem.models.draem import anomaly_map_and_score
 
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"{FIXTURES} not present")
@@ -13,14 +13,14 @@ needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"{FIXTURES} n
 @needs_fixtures
 def test_full_size_state_dict_matches_the_authors_keys_and_shapes():
     expected = json.loads((FIXTURES / "state_dict_keys_full_size.json").read_text())
-    model = Draem()
+    model = DraemModel()
     for name, net in (("reconstructive", model.reconstructive), ("discriminative", model.discriminative)):
         ours = [(k, list(v.shape)) for k, v in net.state_dict().items()]
         assert ours == [(k, s) for k, s in expected[name]]
 
 
 def test_parameter_counts_match_the_paper():
-    model = Draem()
+    model = DraemModel()
     recon = sum(p.numel() for p in model.reconstructive.parameters())
     seg = sum(p.numel() for p in model.discriminative.parameters())
     assert round(recon / 1e6, 2) == 69.05
@@ -43,7 +43,7 @@ def test_official_checkpoints_load_strictly_and_reproduce_outputs():
 
 def test_initialisation_follows_the_paper():
     torch.manual_seed(0)
-    model = Draem(recon_width=16, seg_width=8)
+    model = DraemModel(recon_width=16, seg_width=8)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     weights = torch.cat([c.weight.flatten() for c in convs])
@@ -56,7 +56,7 @@ def test_initialisation_follows_the_paper():
 
 
 def test_predict_gives_softmax_map_and_mean_filtered_max():
-    model = Draem(recon_width=4, seg_width=4).eval()
+    model = DraemModel(recon_width=4, seg_width=4).eval()
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         _, logits = model(x)

@@ -6,7 +6,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from draem.engine.devices import PRECISIONS
+from draem.engine.inference import BACKENDS
 from draem.errors import DraemError
 
 log = logging.getLogger("draem")
@@ -14,8 +17,10 @@ log = logging.getLogger("draem")
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("train", help="train DRAEM on the defect-free images of a category")
-    p.add_argument("--data", help="MVTec-layout root or category folder (not needed with --resume)")
-    p.add_argument("--category", help="category folder name under --data")
+    p.add_argument("--data", help="dataset root or category folder: MVTec AD, DAGM 2007 or KolektorSDD2 "
+                                  "layout (not needed with --resume)")
+    p.add_argument("--category", help="category under --data")
+    p.add_argument("--normal", help="instead of --data: a plain folder of defect-free images")
     p.add_argument("--out", required=True, help="run directory to create (or continue)")
     p.add_argument("--epochs", type=int, default=700)
     p.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
@@ -29,34 +34,50 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--anomaly-source", help="folder of texture images (e.g. DTD); built-in if absent")
     p.add_argument("--source-colour", choices=("color", "gray", "auto"), default="color",
                    help="make anomaly sources grey ('auto': when the training images are grey)")
+    p.add_argument("--rotation-prob", type=float, default=0.3,
+                   help="probability of rotating a training image by up to 90 degrees (the authors: 0.3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16 autocast (faster on CPUs with AMX/AVX512-BF16 and on GPUs)")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16 autocast: several times faster on CPUs with AMX/AVX512-BF16 and on GPUs; "
+                        "auto picks it where native")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels-last memory format (faster on CPUs)")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of the good images held out to calibrate thresholds (0: use training images)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """The command's own options, without the parser's bookkeeping."""
+    return {k: v for k, v in vars(args).items() if k not in ("command", "debug", "data_command")}
 
 
 def _run_train(args: argparse.Namespace) -> None:
     from draem.engine.train import TrainConfig, train
+    from draem.synthesis.simulator import SimulationConfig
 
-    if args.data is None and not args.resume:
-        raise DraemError("train: --data is required (unless --resume continues a run)")
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "debug", "handler")}
-    options["data"] = options["data"] or ""
-    print(train(TrainConfig(**options)))
+    if args.data is None and args.normal is None and not args.resume:
+        raise DraemError("train: --data or --normal is required (unless --resume continues a run)")
+    options = _options(args)
+    simulation = SimulationConfig(image_rotation_prob=options.pop("rotation_prob"))
+    print(train(TrainConfig(**options, simulation=simulation)))
 
 
 def _add_test(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("test", help="evaluate a trained run on a labelled test set")
     p.add_argument("--run", required=True, help="run directory (or model.pt)")
-    p.add_argument("--data", required=True, help="MVTec-layout root or category folder")
+    p.add_argument("--data", help="dataset root or category folder (MVTec AD, DAGM 2007, KolektorSDD2)")
     p.add_argument("--category")
+    p.add_argument("--normal", help="instead of --data: folder of defect-free test images")
+    p.add_argument("--abnormal", help="with --normal: folder of defective test images")
+    p.add_argument("--masks", help="with --normal: folder of masks matched by file stem")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 where the CPU/GPU computes it natively (fast), else fp32 (exact)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--out", help="where metrics.json goes (default: the run directory)")
 
@@ -64,11 +85,128 @@ def _add_test(commands: argparse._SubParsersAction) -> None:
 def _run_test(args: argparse.Namespace) -> None:
     from draem.engine.evaluate import EvaluationConfig, evaluate, format_table
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "debug", "handler")}
-    print(format_table(evaluate(EvaluationConfig(**options))))
+    print(format_table(evaluate(EvaluationConfig(**_options(args)))))
 
 
-COMMANDS = {"train": (_add_train, _run_train), "test": (_add_test, _run_test)}
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("predict", help="anomaly maps, overlays and decisions for new images")
+    p.add_argument("--run", required=True, help="run directory (or model.pt)")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 where the CPU/GPU computes it natively (fast), else fp32 (exact)")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--map-format", choices=("png", "npy"), default="png",
+                   help="anomaly maps as 16-bit PNG or float32 .npy")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="onnxruntime runs the run's model.onnx (exported on first use)")
+
+
+def _run_predict(args: argparse.Namespace) -> None:
+    from draem.engine.predict import PredictConfig, predict
+
+    done, failed = predict(PredictConfig(**_options(args)))
+    print(f"{done} images predicted, results in {Path(args.out) / 'predictions.csv'}")
+    if failed:
+        raise DraemError(f"{failed} of {done + failed} inputs could not be read (listed in "
+                         f"{Path(args.out) / 'predictions.csv'})", exit_code=3)
+
+
+def _add_calibrate(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("calibrate", help="F1-optimal thresholds from labelled validation images")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True, help="labelled set in MVTec layout (its test/ split is used)")
+    p.add_argument("--category")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 where the CPU/GPU computes it natively (fast), else fp32 (exact)")
+    p.add_argument("--workers", type=int, default=0)
+
+
+def _run_calibrate(args: argparse.Namespace) -> None:
+    from draem.engine.calibrate import recalibrate
+
+    thresholds = recalibrate(**_options(args))
+    print(f"image threshold {thresholds.image:.6f}, pixel threshold {thresholds.pixel:.6f} "
+          f"({thresholds.normal_images} good, {thresholds.defective_images} defective images)")
+
+
+def _add_data(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("data", help="datasets: the built-in demo data and downloads")
+    data_commands = p.add_subparsers(dest="data_command", required=True)
+    download = data_commands.add_parser("download", help="download and unpack MVTec AD or DTD")
+    download.add_argument("name", choices=("mvtec", "dtd"))
+    download.add_argument("--to", required=True, help="folder to put the dataset in")
+    demo = data_commands.add_parser("demo", help="write the built-in synthetic demo dataset")
+    demo.add_argument("--out", required=True)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--image-size", type=int, default=128)
+
+
+def _run_data(args: argparse.Namespace) -> None:
+    if args.data_command == "download":
+        from draem.data.download import fetch_dataset
+
+        path = fetch_dataset(args.name, Path(args.to))
+        print(path if args.name == "mvtec" else f"{path}  (use it as --anomaly-source)")
+        return
+    from draem.data.demo import generate_demo_dataset
+
+    print(generate_demo_dataset(Path(args.out), seed=args.seed, image_size=args.image_size))
+
+
+def _add_import_official(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("import-official", help="turn the authors' released checkpoints into a run")
+    p.add_argument("--recon", required=True, help="reconstructive checkpoint (DRAEM_..._.pckl)")
+    p.add_argument("--seg", required=True, help="discriminative checkpoint (DRAEM_..._seg.pckl)")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--image-size", type=int, default=256)
+
+
+def _run_import_official(args: argparse.Namespace) -> None:
+    from draem.deploy.official import import_official
+
+    print(import_official(args.recon, args.seg, args.out, args.image_size))
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("export", help="export a run's model (image -> map, score) to ONNX")
+    p.add_argument("--run", required=True)
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from draem.deploy.onnx import export_onnx
+
+    print(export_onnx(args.run, args.out))
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("demo", help="generate demo data, train, test and write reports (minutes)")
+    p.add_argument("--out", default="draem-demo", help="folder for data, runs and reports")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kinds", nargs="+", help="surface kinds to train (default: all)")
+    p.add_argument("--device", default="auto")
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from draem.engine.demo import DemoConfig, run_demo
+
+    config = DemoConfig(out=args.out, seed=args.seed, device=args.device)
+    if args.kinds:
+        config.kinds = tuple(args.kinds)
+    reports = run_demo(config)
+    print("\nreports:\n" + "\n".join(str(p) for p in reports))
+
+
+COMMANDS = {"demo": (_add_demo, _run_demo), "train": (_add_train, _run_train), "test": (_add_test, _run_test),
+            "predict": (_add_predict, _run_predict), "calibrate": (_add_calibrate, _run_calibrate),
+            "data": (_add_data, _run_data), "import-official": (_add_import_official, _run_import_official),
+            "export": (_add_export, _run_export)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,8 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `draem` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="draem: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("draem: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if args.debug else logging.INFO)
+    log.propagate = False
     try:
         COMMANDS[args.command][1](args)
     except DraemError as exc:

@@ -12,6 +12,8 @@ from typing import Any, BinaryIO
 
 import torch
 
+FILE_MODE = 0o644
+
 
 @contextmanager
 def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
@@ -19,6 +21,7 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(handle, FILE_MODE)
     try:
         with os.fdopen(handle, "wb") as stream:
             yield stream

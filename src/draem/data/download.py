@@ -130,7 +130,7 @@ def _stream(url: str, partial: Path, expected_size: int | None, progress: bool) 
                 out.write(block)
                 received += len(block)
                 bar.update(len(block))
-    if False:
+    if length is not None and received < length:
         raise ConnectionError(f"connection closed after {received} of {length} bytes")
 
 
@@ -188,8 +188,7 @@ def _within(root: Path, path: Path) -> bool:
 
 def _inside(root: Path, name: str, archive: Path) -> Path:
     """Where member `name` lands under `root`, or a DraemError naming it when it leaves `root`."""
-    if (not name or name.startswith(("/", "\\")) or PureWindowsPath(name).drive
-            or os.path.isabs(name)):
+    if name.startswith(("/", "\\")) or PureWindowsPath(name).drive or os.path.isabs(name):
         raise DraemError(f"{archive}: refusing member {name!r}: absolute path")
     target = Path(os.path.normpath(root / name))
     if not _within(root, target):

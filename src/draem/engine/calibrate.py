@@ -5,10 +5,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
+from draem.data.catalog import open_dataset
+from draem.data.datasets import LabelledImages
+from draem.engine.devices import resolve_device
 from draem.engine.inference import Predictor
+from draem.engine.run import load_model, save_model
 from draem.metrics import PixelScores, f1_max
 from draem.synthesis.simulator import SimulationConfig, simulate_anomalies
 
@@ -98,3 +104,16 @@ def calibrate_with_labelled_images(predictor: Predictor, batches: Iterable[dict[
         scores.append(image_scores)
         labels.append(batch["defective"])
     return thresholds_from_scores(torch.cat(scores), torch.cat(labels), pixels, "labelled defects")
+
+
+def recalibrate(run: str | Path, data: str | Path, category: str | None = None, device: str = "auto",
+                precision: str = "auto", batch_size: int = 8, workers: int = 0) -> Thresholds:
+    """F1-optimal thresholds from a labelled validation set (its test split); saved into the model."""
+    loaded = load_model(run)
+    samples = open_dataset(data, category).test_samples()
+    images = LabelledImages(samples, loaded.info.image_size, loaded.info.fit)
+    loader = DataLoader(images, batch_size=batch_size, num_workers=workers)
+    thresholds = calibrate_with_labelled_images(Predictor(loaded, resolve_device(device), precision), loader)
+    loaded.info.thresholds = thresholds.as_dict()
+    save_model(loaded.path, loaded.model, loaded.info)
+    return thresholds

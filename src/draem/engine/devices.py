@@ -1,15 +1,18 @@
-"""Device choice and mixed-precision contexts."""
+"""Device choice, number formats and mixed-precision contexts."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
 from draem.errors import DraemError
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,10 +28,29 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-@contextlib.contextmanager
-def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """bf16 autocast on the device for 'bf16'; plain fp32 otherwise."""
+@functools.cache
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX)."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return False
+    return any(f" {flag}" in flags for flag in BF16_CPU_FLAGS)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is bf16 where the hardware computes it natively, fp32 elsewhere."""
     if precision not in PRECISIONS:
         raise DraemError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """bf16 autocast on the device for 'bf16'; plain fp32 for 'fp32'."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         yield

@@ -2,34 +2,61 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 
-from draem.engine.devices import autocast
+from draem.engine.devices import autocast, resolve_precision
 from draem.engine.run import LoadedModel
-from draem.models.draem import anomaly_map_and_score
+from draem.errors import DraemError
+from draem.models.draem import anomaly_map_and_score, image_score
+
+log = logging.getLogger("draem")
+
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass
 class Predictor:
-    """A loaded model placed on a device with a precision, turning image batches into maps and scores."""
+    """A loaded model on a device, channels-last, in fp32 or bf16 ('auto': bf16 where native).
+
+    The onnxruntime backend runs the run's model.onnx (exported on first use) in fp32 on the CPU.
+    """
 
     loaded: LoadedModel
     device: torch.device
-    precision: str = "fp32"
+    precision: str = "auto"
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
-        self.model = self.loaded.model.to(self.device).eval()
+        if self.backend not in BACKENDS:
+            raise DraemError(f"--backend {self.backend}: expected one of {', '.join(BACKENDS)}")
+        self.precision = resolve_precision(self.precision, self.device)
+        self.model = self.loaded.model.to(self.device, memory_format=torch.channels_last).eval()
+        self.runtime = None
+        if self.backend == "onnxruntime":
+            from draem.deploy.onnx import OnnxRuntimeModel, export_onnx
+
+            path = self.loaded.path.parent / "model.onnx"
+            if not path.exists():
+                log.info("exporting %s to %s for onnxruntime", self.loaded.path, path)
+                export_onnx(self.loaded.path, path)
+            self.precision = "fp32"
+            self.runtime = OnnxRuntimeModel(path)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, valid: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps (B, S, S) and image scores (B,) for fitted RGB images (B, 3, S, S) in [0, 1]."""
+        if self.runtime is not None:
+            maps, scores = self.runtime(images)
+            return maps, scores if valid is None or valid.all() else image_score(maps, valid)
         images = images.to(self.device, non_blocking=True)
         if self.loaded.info.channel_order == "BGR":
             images = images.flip(1)
+        images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
             _, logits = self.model(images)
         if valid is not None:

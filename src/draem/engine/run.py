@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 
 from draem.errors import DraemError
 from draem.files import save_torch
-from draem.models import Draem
+from draem.models import DraemModel
 
 MODEL_FORMAT = "draem-model/1"
 
@@ -43,6 +44,10 @@ class RunFiles:
     def metrics(self) -> Path:
         return self.root / "metrics.json"
 
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
 
 @dataclass
 class ModelInfo:
@@ -60,9 +65,17 @@ class ModelInfo:
 class LoadedModel:
     """A model ready for inference together with its metadata and file."""
 
-    model: Draem
+    model: DraemModel
     info: ModelInfo
     path: Path
+
+
+def training_folder(run_dir: Path) -> str | None:
+    """The plain folder of good images a run was trained on (`--normal`), if it was."""
+    try:
+        return json.loads(RunFiles(run_dir).config.read_text())["train"].get("normal")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def versions() -> dict[str, str]:
@@ -76,29 +89,33 @@ def versions() -> dict[str, str]:
     return found
 
 
-def save_model(path: Path, model: Draem, info: ModelInfo) -> None:
+def save_model(path: Path, model: DraemModel, info: ModelInfo) -> None:
     """Write the inference model atomically: weights (fp32, CPU) plus metadata."""
     state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
              for k, v in model.state_dict().items()}
     save_torch(path, {"format": MODEL_FORMAT, "info": vars(info), "state_dict": state})
 
 
-def build_model(state_dict: dict[str, torch.Tensor], info: ModelInfo, path: Path) -> Draem:
-    """A Draem of the recorded widths with these weights; a clear error when they do not fit."""
-    model = Draem(info.recon_width, info.seg_width)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
+def check_state_dict(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path,
+                     widths: str) -> None:
+    """Raise a one-line DraemError when `state` does not have exactly the expected keys and shapes."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         first = missing[0] if missing else unexpected[0]
         kind = "missing" if missing else "unexpected"
         raise DraemError(f"{path}: not a DRAEM checkpoint of this architecture "
                          f"({len(missing)} missing, {len(unexpected)} unexpected keys; {kind}: {first})")
     for key, value in expected.items():
-        if state_dict[key].shape != value.shape:
-            raise DraemError(f"{path}: weight {key} has shape {tuple(state_dict[key].shape)}, "
-                             f"expected {tuple(value.shape)} for widths "
-                             f"{info.recon_width}/{info.seg_width}")
+        if state[key].shape != value.shape:
+            raise DraemError(f"{path}: weight {key} has shape {tuple(state[key].shape)}, "
+                             f"expected {tuple(value.shape)} for widths {widths}")
+
+
+def build_model(state_dict: dict[str, torch.Tensor], info: ModelInfo, path: Path) -> DraemModel:
+    """A DraemModel of the recorded widths with these weights; a clear error when they do not fit."""
+    model = DraemModel(info.recon_width, info.seg_width)
+    check_state_dict(model.state_dict(), state_dict, path, f"{info.recon_width}/{info.seg_width}")
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import signal
 import time
 from collections.abc import Iterator
@@ -17,17 +16,17 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from draem.data.catalog import select_dataset
 from draem.data.datasets import TrainImages
 from draem.data.images import FIT_MODES, read_image
-from draem.data.catalog import open_dataset
-from draem.engine.devices import autocast, resolve_device
 from draem.engine.calibrate import Thresholds, calibrate_with_simulated_defects
+from draem.engine.devices import autocast, resolve_device, resolve_precision
 from draem.engine.inference import Predictor
 from draem.engine.run import LoadedModel, ModelInfo, RunFiles, read_torch_file, save_model, versions
 from draem.errors import DraemError
 from draem.files import save_torch, write_json, write_text
 from draem.losses import draem_loss
-from draem.models import Draem
+from draem.models import DraemModel
 from draem.synthesis.simulator import SimulationConfig, simulate_anomalies
 from draem.synthesis.sources import list_texture_images, procedural_textures
 
@@ -42,9 +41,10 @@ LOSS_COLUMNS = ("step", "epoch", "lr", "l2", "ssim", "focal", "total", "images_p
 class TrainConfig:
     """Every setting of a training run; saved whole into the run directory."""
 
-    data: str
+    data: str | None
     out: str
     category: str | None = None
+    normal: str | None = None
     epochs: int = 700
     max_steps: int | None = None
     batch_size: int = 8
@@ -60,7 +60,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool = True
     workers: int = 0
     checkpoint_every: int = 500
     validation_fraction: float = 0.1
@@ -102,7 +102,8 @@ def _check(config: TrainConfig) -> None:
     if not 0 <= config.validation_fraction < 1:
         raise DraemError(f"--validation-fraction {config.validation_fraction}: must be in [0, 1)")
     if config.source_colour not in SOURCE_COLOURS:
-        raise DraemError(f"--source-colour {config.source_colour}: expected one of {', '.join(SOURCE_COLOURS)}")
+        raise DraemError(f"--source-colour {config.source_colour}: expected one of "
+                         f"{', '.join(SOURCE_COLOURS)}")
     if config.fit not in FIT_MODES:
         raise DraemError(f"--fit {config.fit}: expected one of {', '.join(FIT_MODES)}")
 
@@ -127,7 +128,7 @@ def split_validation(paths: list[Path], fraction: float, seed: int) -> tuple[lis
             [p for i, p in enumerate(paths) if i in held_out])
 
 
-def calibrate_after_training(model: Draem, info: ModelInfo, config: TrainConfig, images: list[Path],
+def calibrate_after_training(model: DraemModel, info: ModelInfo, config: TrainConfig, images: list[Path],
                              textures: list[Path], device: torch.device) -> Thresholds:
     """Thresholds from held-out normal images and simulated defects on them."""
     images = images[:MAX_CALIBRATION_IMAGES]
@@ -227,16 +228,17 @@ def train(config: TrainConfig) -> Path:
     config = resumed_config(config)
     _check(config)
     files = RunFiles(Path(config.out))
-    all_paths = open_dataset(config.data, config.category).train_images()
+    all_paths = select_dataset(config.data, config.category, config.normal).train_images()
     config = with_source_colour(config, all_paths)
     paths, held_out = split_validation(all_paths, config.validation_fraction, config.seed)
     textures = list_texture_images(config.anomaly_source) if config.anomaly_source else []
     if not textures:
         log.warning("no --anomaly-source given: using the built-in procedural textures")
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
 
-    model = Draem(config.recon_width, config.seg_width).to(device)
+    model = DraemModel(config.recon_width, config.seg_width).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -283,7 +285,7 @@ def train(config: TrainConfig) -> Path:
                 images = batch["image"].to(device, non_blocking=True)
                 sources = _source_batch(batch, config.image_size, generator, device)
                 sim = simulate_anomalies(images, sources, generator, config.simulation)
-                with autocast(device, config.precision):
+                with autocast(device, precision):
                     reconstruction, logits = model(sim.augmented.contiguous(memory_format=memory_format))
                 losses = draem_loss(reconstruction, sim.target, logits, sim.mask)
                 if not torch.isfinite(losses["total"]):

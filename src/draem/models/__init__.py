@@ -1,5 +1,5 @@
 """Network definitions, free of training concerns."""
 
-from draem.models.draem import DiscriminativeSubNetwork, Draem, ReconstructiveSubNetwork
+from draem.models.draem import DiscriminativeSubNetwork, DraemModel, ReconstructiveSubNetwork
 
-__all__ = ["DiscriminativeSubNetwork", "Draem", "ReconstructiveSubNetwork"]
+__all__ = ["DiscriminativeSubNetwork", "DraemModel", "ReconstructiveSubNetwork"]

@@ -164,23 +164,25 @@ class DiscriminativeSubNetwork(nn.Module):
         return self.decoder_segment(self.encoder_segment(x))
 
 
-def anomaly_map_and_score(logits: torch.Tensor, valid: torch.Tensor | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anomaly map = softmax channel 1; image score = max of its 21x21 mean-filtered map.
-
-    With a boolean `valid` (B, H, W), padding pixels count as 0 in the filter and are not maxed over.
-    """
-    anomaly_map = torch.softmax(logits.float(), dim=1)[:, 1]
+def image_score(anomaly_map: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Max of the 21x21 mean-filtered map (B, H, W); with `valid`, padding counts as 0 and is not maxed."""
     if valid is not None:
         anomaly_map = anomaly_map * valid
     smoothed = F.avg_pool2d(anomaly_map[:, None], IMAGE_SCORE_WINDOW, stride=1,
                             padding=IMAGE_SCORE_WINDOW // 2)[:, 0]
     if valid is not None:
         smoothed = smoothed.masked_fill(~valid, float("-inf"))
-    return anomaly_map, smoothed.flatten(1).amax(dim=1)
+    return smoothed.flatten(1).amax(dim=1)
 
 
-class Draem(nn.Module):
+def anomaly_map_and_score(logits: torch.Tensor, valid: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anomaly map = softmax channel 1 of the logits; image score = `image_score` of it."""
+    anomaly_map = torch.softmax(logits.float(), dim=1)[:, 1]
+    return anomaly_map, image_score(anomaly_map, valid)
+
+
+class DraemModel(nn.Module):
     """Both sub-networks; `forward` gives (reconstruction, logits), `predict` (map, image score)."""
 
     def __init__(self, recon_width: int = 128, seg_width: int = 64) -> None:

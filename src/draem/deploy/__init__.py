@@ -1,0 +1,1 @@
+"""Deployment: the authors' checkpoints, ONNX export and inference back-ends."""

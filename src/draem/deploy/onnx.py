@@ -1,0 +1,96 @@
+"""ONNX export of the whole inference graph (image -> anomaly map, image score) and its runtime."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from draem.engine.run import LoadedModel, load_model
+from draem.errors import DraemError
+from draem.files import write_bytes
+from draem.models.draem import anomaly_map_and_score
+
+log = logging.getLogger("draem")
+
+OPSET = 18
+
+
+class InferenceGraph(nn.Module):
+    """RGB images (B, 3, S, S) in [0, 1] -> anomaly maps (B, S, S) and image scores (B,)."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__()
+        self.model = loaded.model.eval()
+        self.bgr = loaded.info.channel_order == "BGR"
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.bgr:
+            images = images[:, [2, 1, 0]]
+        _, logits = self.model(images)
+        return anomaly_map_and_score(logits)
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise DraemError(f"ONNX export needs the onnx extras ({exc.name} is missing): "
+                         "pip install 'draem[onnx]'") from exc
+
+
+def export_onnx(run: str | Path, out: str | Path, check: bool = True) -> Path:
+    """Export a run's model to one ONNX file with a dynamic batch axis; check it with onnxruntime."""
+    _require_onnx()
+    loaded = load_model(run)
+    graph = InferenceGraph(loaded).float()
+    size = loaded.info.image_size
+    example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.onnx.export(graph, (example,), dynamo=True, input_names=["image"],
+                                output_names=["anomaly_map", "score"], opset_version=OPSET,
+                                dynamic_shapes={"images": {0: batch}}, external_data=False,
+                                verbose=False)
+    out = Path(out)
+    write_bytes(out, program.model_proto.SerializeToString())
+    if check:
+        error = max_difference(graph, OnnxRuntimeModel(out), example[:1].repeat(3, 1, 1, 1))
+        log.info("onnxruntime vs PyTorch on 3 images: max abs difference %.2e", error)
+        if error > 1e-4:
+            raise DraemError(f"{out}: onnxruntime differs from PyTorch by {error:.2e} (> 1e-4)")
+    return out
+
+
+class OnnxRuntimeModel:
+    """An exported model on onnxruntime's CPU provider, called like InferenceGraph."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise DraemError("the onnxruntime backend needs onnxruntime: pip install 'draem[onnx]'") from exc
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options,
+                                                        providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise DraemError(f"{path}: cannot load ONNX model ({str(exc).splitlines()[0]})") from exc
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feed = np.ascontiguousarray(images.detach().float().cpu().numpy())
+        anomaly_map, score = self.session.run(None, {self.session.get_inputs()[0].name: feed})
+        return torch.from_numpy(anomaly_map), torch.from_numpy(score)
+
+
+@torch.inference_mode()
+def max_difference(graph: InferenceGraph, runtime: OnnxRuntimeModel, images: torch.Tensor) -> float:
+    """Largest absolute difference of maps and scores between PyTorch and onnxruntime."""
+    expected = graph(images)
+    got = runtime(images)
+    return max(float((a - b).abs().max()) for a, b in zip(expected, got, strict=True))

@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from conftest import FIXTURES, make_category
+from draem.cli import main
+from draem.deploy.onnx import InferenceGraph, OnnxRuntimeModel, export_onnx, max_difference
+from draem.engine.devices import cpu_has_native_bf16, resolve_precision
+from draem.engine.inference import Predictor
+from draem.engine.run import load_model
+from draem.engine.train import TrainConfig, train
+
+needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"{FIXTURES} not present")
+RECON, SEG = FIXTURES / "recon_base_width_8.pckl", FIXTURES / "seg_base_channels_4.pckl"
+
+
+@needs_fixtures
+def test_official_checkpoints_import_and_receive_bgr(tmp_path, capsys):
+    assert main(["import-official", "--recon", str(RECON), "--seg", str(SEG), "--out", str(tmp_path / "run"),
+                 "--image-size", "64"]) == 0
+    loaded = load_model(tmp_path / "run")
+    assert loaded.info.channel_order == "BGR"
+    assert (loaded.info.recon_width, loaded.info.seg_width) == (8, 4)
+    expected = torch.load(FIXTURES / "expected_io.pt")
+    bgr = expected["input"]
+    predictor = Predictor(loaded, torch.device("cpu"), "fp32")
+    anomaly_map, _ = predictor(bgr.flip(1))
+    reference = torch.softmax(expected["segmentation_logits"], dim=1)[:, 1]
+    torch.testing.assert_close(anomaly_map, reference, atol=1e-5, rtol=0)
+    wrong_order, _ = predictor(bgr)
+    assert (wrong_order - reference).abs().max() > 1e-3
+
+
+@needs_fixtures
+@pytest.mark.parametrize("recon, seg, message", [
+    (SEG, RECON, "did you swap --recon and --seg"),
+    (RECON, RECON, "did you swap --seg and --recon"),
+])
+def test_official_import_catches_swapped_files(tmp_path, capsys, recon, seg, message):
+    assert main(["import-official", "--recon", str(recon), "--seg", str(seg), "--out", str(tmp_path)]) != 0
+    assert message in capsys.readouterr().err
+
+
+@needs_fixtures
+def test_official_import_catches_truncated_and_foreign_files(tmp_path, capsys):
+    truncated = tmp_path / "cut.pckl"
+    truncated.write_bytes(RECON.read_bytes()[:5000])
+    assert main(["import-official", "--recon", str(truncated), "--seg", str(SEG), "--out", str(tmp_path / "a")]) != 0
+    assert "cut.pckl: cannot read checkpoint" in capsys.readouterr().err
+    odd = tmp_path / "odd.pckl"
+    state = torch.load(RECON)
+    state["encoder.block1.0.weight"] = torch.zeros(8, 3, 5, 5)
+    torch.save(state, odd)
+    assert main(["import-official", "--recon", str(odd), "--seg", str(SEG), "--out", str(tmp_path / "b")]) != 0
+    assert "odd.pckl: weight encoder.block1.0.weight has shape (8, 3, 5, 5)" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    data = make_category(root / "widget")
+    train(TrainConfig(data=str(data), out=str(root / "run"), max_steps=1, batch_size=2, image_size=64,
+                      recon_width=4, seg_width=4))
+    return data, root / "run"
+
+
+def test_onnx_export_matches_pytorch_with_a_dynamic_batch(tiny_run, tmp_path):
+    _, run = tiny_run
+    path = export_onnx(run, tmp_path / "model.onnx")
+    runtime = OnnxRuntimeModel(path)
+    graph = InferenceGraph(load_model(run))
+    for batch in (1, 5):
+        assert max_difference(graph, runtime, torch.rand(batch, 3, 64, 64)) <= 1e-4
+
+
+def test_predict_and_test_run_on_onnxruntime(tiny_run, tmp_path, capsys):
+    data, run = tiny_run
+    assert main(["predict", "--run", str(run), str(data / "test" / "good"), "--out", str(tmp_path / "p"),
+                 "--backend", "onnxruntime"]) == 0
+    assert (run / "model.onnx").exists()
+    ours = Predictor(load_model(run), torch.device("cpu"), "fp32")
+    onnx = Predictor(load_model(run), torch.device("cpu"), "fp32", backend="onnxruntime")
+    images = torch.rand(3, 3, 64, 64)
+    for a, b in zip(ours(images), onnx(images), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_bf16_is_chosen_only_where_native(tmp_path):
+    flags = tmp_path / "cpuinfo"
+    flags.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_bf16\n")
+    assert cpu_has_native_bf16.__wrapped__(flags)
+    flags.write_text("flags\t\t: fpu avx2 avx512f\n")
+    assert not cpu_has_native_bf16.__wrapped__(flags)
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+
+
+def test_fast_path_stays_close_to_the_exact_path(tiny_run):
+    _, run = tiny_run
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    exact = Predictor(load_model(run), torch.device("cpu"), "fp32")(images)
+    fast = Predictor(load_model(run), torch.device("cpu"), "bf16")(images)
+    assert (exact[0] - fast[0]).abs().max() <= 0.01
+    assert (exact[1] - fast[1]).abs().max() <= 0.01
