@@ -15,7 +15,7 @@ import torch
 
 from draem.engine.devices import autocast
 from draem.losses import draem_loss
-from draem.models import Draem
+from draem.models import DraemModel
 from draem.synthesis.simulator import simulate_anomalies
 from draem.synthesis.sources import procedural_textures
 
@@ -34,7 +34,7 @@ def rate(images_per_call: int, call: Callable[[], object], seconds: float, min_c
     return images_per_call * calls / (time.perf_counter() - started)
 
 
-def training_step(model: Draem, batch: int, size: int, precision: str, channels_last: bool) -> Callable[[], None]:
+def training_step(model: DraemModel, batch: int, size: int, precision: str, channels_last: bool) -> Callable[[], None]:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -52,7 +52,7 @@ def training_step(model: Draem, batch: int, size: int, precision: str, channels_
     return step
 
 
-def inference_call(model: Draem, batch: int, size: int, precision: str, channels_last: bool) -> Callable[[], None]:
+def inference_call(model: DraemModel, batch: int, size: int, precision: str, channels_last: bool) -> Callable[[], None]:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt).eval()
     images = torch.rand(batch, 3, size, size).contiguous(memory_format=fmt)
@@ -81,12 +81,12 @@ def main() -> None:
         label = f"{name} {widths[0]}/{widths[1]}"
         for mode, (precision, channels_last) in MODES.items():
             if args.only in (None, "train"):
-                step = training_step(Draem(*widths), 8, args.size, precision, channels_last)
+                step = training_step(DraemModel(*widths), 8, args.size, precision, channels_last)
                 print(f"{'train':<10}{label:<16}{mode:<22}{8:>6}{rate(8, step, args.seconds):>10.2f}",
                       flush=True)
             if args.only in (None, "infer"):
                 for batch in (1, 8):
-                    call = inference_call(Draem(*widths), batch, args.size, precision, channels_last)
+                    call = inference_call(DraemModel(*widths), batch, args.size, precision, channels_last)
                     print(f"{'infer':<10}{label:<16}{mode:<22}{batch:>6}"
                           f"{rate(batch, call, args.seconds):>10.2f}", flush=True)
     if args.only in (None, "sim"):

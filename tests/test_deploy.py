@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import FIXTURES, make_category
+
 from draem.cli import main
 from draem.deploy.onnx import InferenceGraph, OnnxRuntimeModel, export_onnx, max_difference
 from draem.engine.devices import cpu_has_native_bf16, resolve_precision
@@ -44,13 +44,15 @@ def test_official_import_catches_swapped_files(tmp_path, capsys, recon, seg, mes
 def test_official_import_catches_truncated_and_foreign_files(tmp_path, capsys):
     truncated = tmp_path / "cut.pckl"
     truncated.write_bytes(RECON.read_bytes()[:5000])
-    assert main(["import-official", "--recon", str(truncated), "--seg", str(SEG), "--out", str(tmp_path / "a")]) != 0
+    assert main(["import-official", "--recon", str(truncated), "--seg", str(SEG),
+                 "--out", str(tmp_path / "a")]) != 0
     assert "cut.pckl: cannot read checkpoint" in capsys.readouterr().err
     odd = tmp_path / "odd.pckl"
     state = torch.load(RECON)
     state["encoder.block1.0.weight"] = torch.zeros(8, 3, 5, 5)
     torch.save(state, odd)
-    assert main(["import-official", "--recon", str(odd), "--seg", str(SEG), "--out", str(tmp_path / "b")]) != 0
+    assert main(["import-official", "--recon", str(odd), "--seg", str(SEG),
+                 "--out", str(tmp_path / "b")]) != 0
     assert "odd.pckl: weight encoder.block1.0.weight has shape (8, 3, 5, 5)" in capsys.readouterr().err
 
 

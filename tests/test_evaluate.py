@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import make_category, write_png
 from PIL import Image
 
-from conftest import make_category, write_png
 from draem.cli import main
 from draem.engine.evaluate import EvaluationConfig, evaluate
 from draem.engine.run import ModelInfo, load_model, save_model
@@ -64,7 +64,7 @@ def test_scores_match_a_direct_forward_pass(trained, tmp_path):
 
 
 def test_mask_of_the_wrong_size_is_named(trained, tmp_path, capsys):
-    data, run = trained
+    _data, run = trained
     copy = make_category(tmp_path / "copy")
     write_png(copy / "ground_truth" / "spot" / "000_mask.png", np.zeros((10, 10), np.uint8))
     assert main(["test", "--run", str(run), "--data", str(copy)]) != 0
@@ -73,7 +73,7 @@ def test_mask_of_the_wrong_size_is_named(trained, tmp_path, capsys):
 
 
 def test_unreadable_test_image_is_named(trained, tmp_path, capsys):
-    data, run = trained
+    _data, run = trained
     copy = make_category(tmp_path / "copy")
     (copy / "test" / "good" / "001.png").write_bytes(b"\x89PNG broken")
     assert main(["test", "--run", str(run), "--data", str(copy)]) != 0

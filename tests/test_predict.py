@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import make_category, write_png
 from PIL import Image
 
-from conftest import make_category, write_png
 from draem import Draem
 from draem.cli import main
 from draem.engine.calibrate import midway_threshold, normalise

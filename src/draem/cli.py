@@ -48,6 +48,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--validation-fraction", type=float, default=0.1,
                    help="share of the good images held out to calibrate thresholds (0: use training images)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--sync-bn", dest="sync_batchnorm", action="store_true",
+                   help="with torchrun: BatchNorm statistics over the whole global batch")
 
 
 def _options(args: argparse.Namespace) -> dict:

@@ -60,8 +60,10 @@ def focal_loss(probabilities: torch.Tensor, mask: torch.Tensor, gamma: float = 2
 
 def draem_loss(reconstruction: torch.Tensor, target: torch.Tensor, logits: torch.Tensor,
                mask: torch.Tensor, ssim_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    """L2 + ssim_weight * (1 - SSIM) on the reconstruction, focal on the segmentation, in fp32."""
-    reconstruction, logits = reconstruction.float(), logits.float()
+    """L2 + ssim_weight * (1 - SSIM) on the reconstruction, focal on the segmentation.
+
+    Computed in the target's precision (fp32 under bf16 autocast)."""
+    reconstruction, logits = reconstruction.to(target.dtype), logits.to(target.dtype)
     terms = {
         "l2": F.mse_loss(reconstruction, target),
         "ssim": 1 - ssim(reconstruction, target),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import signal
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -21,6 +23,7 @@ from draem.data.datasets import TrainImages
 from draem.data.images import FIT_MODES, read_image
 from draem.engine.calibrate import Thresholds, calibrate_with_simulated_defects
 from draem.engine.devices import autocast, resolve_device, resolve_precision
+from draem.engine.distributed import Cluster, require_equal_shards, synchronise_batchnorm
 from draem.engine.inference import Predictor
 from draem.engine.run import LoadedModel, ModelInfo, RunFiles, read_torch_file, save_model, versions
 from draem.errors import DraemError
@@ -34,7 +37,8 @@ log = logging.getLogger("draem")
 
 SOURCE_COLOURS = ("color", "gray", "auto")
 MAX_CALIBRATION_IMAGES = 256
-LOSS_COLUMNS = ("step", "epoch", "lr", "l2", "ssim", "focal", "total", "images_per_s")
+LOSS_TERMS = ("l2", "ssim", "focal", "total")
+LOSS_COLUMNS = ("step", "epoch", "lr", *LOSS_TERMS, "images_per_s")
 
 
 @dataclass
@@ -64,6 +68,7 @@ class TrainConfig:
     workers: int = 0
     checkpoint_every: int = 500
     validation_fraction: float = 0.1
+    sync_batchnorm: bool = False
     resume: bool = False
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
@@ -143,8 +148,8 @@ def calibrate_after_training(model: DraemModel, info: ModelInfo, config: TrainCo
     return calibrate_with_simulated_defects(predictor, batch, sources, config.simulation, config.seed)
 
 
-def epoch_batches(images: int, textures: int, batch_size: int, seed: int, epoch: int
-                  ) -> list[list[tuple[int, int]]]:
+def epoch_batches(images: int, textures: int, batch_size: int, seed: int, epoch: int,
+                  drop_partial: bool = False) -> list[list[tuple[int, int]]]:
     """The (image, texture) index batches of one epoch: a seeded shuffle, the last batch partial.
 
     A trailing batch of a single image is dropped: BatchNorm cannot train on one 1x1 feature map.
@@ -153,19 +158,20 @@ def epoch_batches(images: int, textures: int, batch_size: int, seed: int, epoch:
     order = torch.randperm(images, generator=generator).tolist()
     picks = torch.randint(0, max(textures, 1), (images,), generator=generator).tolist()
     pairs = list(zip(order, picks, strict=True))
-    return [pairs[i:i + batch_size] for i in range(0, batches_per_epoch(images, batch_size) * batch_size,
-                                                    batch_size)]
+    count = batches_per_epoch(images, batch_size, drop_partial)
+    return [pairs[i:i + batch_size] for i in range(0, count * batch_size, batch_size)]
 
 
-def batches_per_epoch(images: int, batch_size: int) -> int:
+def batches_per_epoch(images: int, batch_size: int, drop_partial: bool = False) -> int:
     """Full batches plus a partial one of at least two images (or the only image there is)."""
     full, rest = divmod(images, batch_size)
-    return max(full + (rest > 1), 1)
+    return full if drop_partial else max(full + (rest > 1), 1)
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The CPU generator that draws every simulated anomaly of one step."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 1]).generate_state(1)[0]))
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The CPU generator that draws every simulated anomaly of one step in one process."""
+    entropy = [seed, step, 1] if rank == 0 else [seed, step, 1, rank]
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
 
 
 class StopRequest:
@@ -190,23 +196,53 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def _loss_log(files: RunFiles, resume_step: int) -> csv.writer:
-    """Open losses.csv for appending, keeping only the rows of steps the checkpoint covers."""
-    rows: list[list[str]] = []
-    if resume_step and files.losses.exists():
-        with files.losses.open(newline="") as stream:
-            rows = [r for r in list(csv.reader(stream))[1:] if r and int(r[0]) <= resume_step]
-    lines = [",".join(LOSS_COLUMNS)] + [",".join(r) for r in rows]
-    write_text(files.losses, "\n".join(lines) + "\n")
-    return files.losses.open("a", newline="", buffering=1)
+class LossLog:
+    """losses.csv (trimmed to the resumed step), TensorBoard when installed, and the progress bar."""
 
+    def __init__(self, files: RunFiles, step: int, total_steps: int, enabled: bool = True) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        rows: list[list[str]] = []
+        if step and files.losses.exists():
+            with files.losses.open(newline="") as stream:
+                rows = [r for r in list(csv.reader(stream))[1:] if r and int(r[0]) <= step]
+        write_text(files.losses, "\n".join(",".join(r) for r in [list(LOSS_COLUMNS), *rows]) + "\n")
+        self.stream = files.losses.open("a", newline="", buffering=1)
+        self.writer = csv.writer(self.stream)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
 
-def _tensorboard(root: Path) -> object | None:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(root / "tensorboard"))
+            self.board: SummaryWriter | None = SummaryWriter(str(files.root / "tensorboard"))
+        except ImportError:
+            self.board = None
+        self.progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        self.last = time.perf_counter()
+
+    def record(self, step: int, epoch: int, lr: float, losses: dict[str, float], images: int) -> None:
+        """Log one finished step; images/s counts every process's images."""
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        rate, self.last = images / (now - self.last), now
+        terms = [f"{losses[k]:.6f}" for k in LOSS_TERMS]
+        self.writer.writerow([step, epoch, f"{lr:.6g}", *terms, f"{rate:.3f}"])
+        if self.board is not None:
+            for name, value in losses.items():
+                self.board.add_scalar(f"loss/{name}", value, step)
+        self.progress.update(1)
+        self.progress.set_postfix(l2=f"{losses['l2']:.4f}", ssim=f"{losses['ssim']:.4f}",
+                                  focal=f"{losses['focal']:.4f}", img_s=f"{rate:.1f}")
+
+    def __enter__(self) -> LossLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.progress.close()
+            self.stream.close()
+            if self.board is not None:
+                self.board.close()
 
 
 def _source_batch(batch: dict[str, torch.Tensor], size: int, generator: torch.Generator,
@@ -216,15 +252,17 @@ def _source_batch(batch: dict[str, torch.Tensor], size: int, generator: torch.Ge
     return procedural_textures(batch["image"].shape[0], size, generator, device)
 
 
-def _batches(dataset: TrainImages, config: TrainConfig, textures: int, epoch: int,
+def _batches(dataset: TrainImages, config: TrainConfig, cluster: Cluster, textures: int, epoch: int,
              skip: int) -> Iterator[dict[str, torch.Tensor]]:
-    batches = epoch_batches(len(dataset), textures, config.batch_size, config.seed, epoch)[skip:]
-    return iter(DataLoader(dataset, batch_sampler=batches, num_workers=config.workers,
-                           pin_memory=False))
+    """This process's share of each global batch of an epoch, from batch `skip` on."""
+    batches = epoch_batches(len(dataset), textures, config.batch_size * cluster.world, config.seed, epoch,
+                            drop_partial=cluster.world > 1)[skip:]
+    shards = [b[cluster.rank * config.batch_size:(cluster.rank + 1) * config.batch_size] for b in batches]
+    return iter(DataLoader(dataset, batch_sampler=shards, num_workers=config.workers))
 
 
 def train(config: TrainConfig) -> Path:
-    """Train a model as `config` says and return the path of the saved model."""
+    """Train a model as `config` says and return the path of the saved model (torchrun-aware)."""
     config = resumed_config(config)
     _check(config)
     files = RunFiles(Path(config.out))
@@ -232,17 +270,24 @@ def train(config: TrainConfig) -> Path:
     config = with_source_colour(config, all_paths)
     paths, held_out = split_validation(all_paths, config.validation_fraction, config.seed)
     textures = list_texture_images(config.anomaly_source) if config.anomaly_source else []
-    if not textures:
-        log.warning("no --anomaly-source given: using the built-in procedural textures")
     device = resolve_device(config.device)
+    cluster = Cluster.from_environment(device)
+    device = cluster.device(device)
     precision = resolve_precision(config.precision, device)
+    if not textures and cluster.main:
+        log.warning("no --anomaly-source given: using the built-in procedural textures")
     torch.manual_seed(config.seed)
 
-    model = DraemModel(config.recon_width, config.seg_width).to(device)
+    model = DraemModel(config.recon_width, config.seg_width)
+    if config.sync_batchnorm:
+        synchronise_batchnorm(model)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    steps_per_epoch = batches_per_epoch(len(paths), config.batch_size)
+    global_batch = config.batch_size * cluster.world
+    if cluster.world > 1:
+        require_equal_shards(len(paths), global_batch, cluster.world)
+    steps_per_epoch = batches_per_epoch(len(paths), global_batch, drop_partial=cluster.world > 1)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     milestones = [round(f * total_steps) for f in config.lr_milestones]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, config.lr_gamma)
@@ -257,41 +302,44 @@ def train(config: TrainConfig) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
-        log.info("resuming %s at step %d of %d", files.root, step, total_steps)
-    files.root.mkdir(parents=True, exist_ok=True)
-    for stale in files.root.glob(".*.tmp"):
-        stale.unlink()
-    write_json(files.config, {"train": asdict(config), "versions": versions(),
-                              "train_images": len(paths), "validation_images": len(held_out),
-                              "anomaly_sources": len(textures),
-                              "steps_per_epoch": steps_per_epoch, "total_steps": total_steps})
+        if cluster.main:
+            log.info("resuming %s at step %d of %d", files.root, step, total_steps)
+    parallel = DistributedDataParallel(model) if cluster.world > 1 else model
+    if cluster.main:
+        files.root.mkdir(parents=True, exist_ok=True)
+        for stale in files.root.glob(".*.tmp"):
+            stale.unlink()
+        write_json(files.config, {"train": asdict(config), "versions": versions(), "processes": cluster.world,
+                                  "train_images": len(paths), "validation_images": len(held_out),
+                                  "anomaly_sources": len(textures),
+                                  "steps_per_epoch": steps_per_epoch, "total_steps": total_steps})
 
     def save_checkpoint() -> None:
-        save_torch(files.checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "scheduler": scheduler.state_dict(), "step": step})
+        if cluster.main:
+            save_torch(files.checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                          "scheduler": scheduler.state_dict(), "step": step})
 
     dataset = TrainImages(paths, config.image_size, config.fit, textures)
-    loss_log = _loss_log(files, step)
-    board = _tensorboard(files.root)
-    progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    loss_log = LossLog(files, step, total_steps, enabled=cluster.main)
     model.train()
-    with progress, StopRequest() as stop, loss_log:
-        writer = csv.writer(loss_log)
-        last_step_end = time.perf_counter()
-        while step < total_steps and not stop.requested:
+    with loss_log, StopRequest() as stop:
+        stopping = False
+        while step < total_steps and not stopping:
             epoch, skip = divmod(step, steps_per_epoch)
-            for batch in _batches(dataset, config, len(textures), epoch, skip):
-                generator = step_generator(config.seed, step)
+            for batch in _batches(dataset, config, cluster, len(textures), epoch, skip):
+                generator = step_generator(config.seed, step, cluster.rank)
                 images = batch["image"].to(device, non_blocking=True)
                 sources = _source_batch(batch, config.image_size, generator, device)
                 sim = simulate_anomalies(images, sources, generator, config.simulation)
                 with autocast(device, precision):
-                    reconstruction, logits = model(sim.augmented.contiguous(memory_format=memory_format))
+                    reconstruction, logits = parallel(sim.augmented.contiguous(memory_format=memory_format))
                 losses = draem_loss(reconstruction, sim.target, logits, sim.mask)
-                if not torch.isfinite(losses["total"]):
-                    values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                averaged = cluster.mean(torch.stack([losses[k].detach() for k in LOSS_TERMS]))
+                values = dict(zip(LOSS_TERMS, averaged.tolist(), strict=True))
+                if not all(math.isfinite(v) for v in values.values()):
+                    terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
                     raise DraemError(f"{files.checkpoint}: training stopped at step {step}: "
-                                     f"non-finite loss ({values}); the last good checkpoint is kept")
+                                     f"non-finite loss ({terms}); the last good checkpoint is kept")
                 optimizer.zero_grad(set_to_none=True)
                 losses["total"].backward()
                 optimizer.step()
@@ -299,38 +347,35 @@ def train(config: TrainConfig) -> Path:
                 scheduler.step()
                 step += 1
 
-                now = time.perf_counter()
-                rate, last_step_end = len(images) / (now - last_step_end), now
-                values = {k: v.item() for k, v in losses.items()}
-                writer.writerow([step, epoch, f"{lr:.6g}"] + [f"{values[k]:.6f}" for k in
-                                                            ("l2", "ssim", "focal", "total")]
-                                + [f"{rate:.3f}"])
-                if board is not None:
-                    for name, value in values.items():
-                        board.add_scalar(f"loss/{name}", value, step)
-                progress.update(1)
-                progress.set_postfix(l2=f"{values['l2']:.4f}", ssim=f"{values['ssim']:.4f}",
-                                     focal=f"{values['focal']:.4f}", img_s=f"{rate:.1f}")
-                last_of_epoch = step % steps_per_epoch == 0
-                if last_of_epoch or step % config.checkpoint_every == 0 or step == total_steps:
+                loss_log.record(step, epoch, lr, values, len(images) * cluster.world)
+                if step % steps_per_epoch == 0 or step % config.checkpoint_every == 0 or step == total_steps:
                     save_checkpoint()
-                if stop.requested or step == total_steps:
+                stopping = cluster.any(stop.requested, device)
+                if stopping or step == total_steps:
                     break
-        if stop.requested:
+        if stopping:
             save_checkpoint()
-    if board is not None:
-        board.close()
-    if stop.requested and step < total_steps:
+    if stopping and step < total_steps:
+        cluster.close()
         raise DraemError(f"{files.checkpoint}: training interrupted at step {step} of {total_steps}; "
                          "checkpoint saved, continue with --resume", 130)
+    if cluster.main:
+        finish(model, config, files, held_out or paths, textures, device)
+    cluster.barrier()
+    cluster.close()
+    return files.model
+
+
+def finish(model: DraemModel, config: TrainConfig, files: RunFiles, calibration_images: list[Path],
+           textures: list[Path], device: torch.device) -> None:
+    """Calibrate thresholds on held-out images and write the model file."""
     info = ModelInfo(config.recon_width, config.seg_width, config.image_size, config.fit)
-    if not held_out:
+    if config.validation_fraction == 0:
         log.warning("no validation split (--validation-fraction 0): calibrating on training images")
-    thresholds = calibrate_after_training(model, info, config, held_out or paths, textures, device)
+    thresholds = calibrate_after_training(model, info, config, calibration_images, textures, device)
     info.thresholds = thresholds.as_dict()
     log.info("calibrated on %d normal and %d simulated defective images: image threshold %.4f, "
              "pixel threshold %.4f", thresholds.normal_images, thresholds.defective_images,
              thresholds.image, thresholds.pixel)
     save_model(files.model, model, info)
     log.info("model written to %s", files.model)
-    return files.model
