@@ -1,30 +1,46 @@
-"""Print DRAEM throughput on this machine: training, inference and the anomaly simulator.
+"""Throughput and memory of DRAEM on this machine, every figure of one run printed side by side.
 
-    python benchmarks/speed.py                 # everything (several minutes on 2 cores)
-    python benchmarks/speed.py --only sim      # one part: train, infer or sim
+    python benchmarks/speed.py                      # everything (about 20 minutes on 2 cores)
+    python benchmarks/speed.py --only infer --networks narrow
+    python benchmarks/speed.py --only memory
+
+Inference and training are timed at 256x256 for the full-size (128/64) and a narrow (32/16) network.
+`fp32 eager NCHW` is plain PyTorch, the baseline; `fp32 channels-last` is the exact path of
+`draem test/predict --precision fp32`; `bf16 channels-last` is their default fast path on CPUs with
+native bf16; `onnxruntime fp32` runs the exported graph (`--backend onnxruntime`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from draem.engine.devices import autocast
+from draem.engine.devices import autocast, cpu_has_native_bf16
+from draem.engine.run import ModelInfo, load_model, save_model
 from draem.losses import draem_loss
 from draem.models import DraemModel
 from draem.synthesis.simulator import simulate_anomalies
 from draem.synthesis.sources import procedural_textures
 
+SIZE = 256
 WIDTHS = {"full": (128, 64), "narrow": (32, 16)}
-MODES = {"fp32 NCHW": ("fp32", False), "fp32 channels-last": ("fp32", True),
-         "bf16 channels-last": ("bf16", True)}
+CPU = torch.device("cpu")
+TORCH_MODES = {"fp32 eager NCHW": ("fp32", False), "fp32 channels-last": ("fp32", True),
+               "bf16 channels-last": ("bf16", True)}
 
 
-def rate(images_per_call: int, call: Callable[[], object], seconds: float, min_calls: int = 2) -> float:
+def images_per_second(images_per_call: int, call: Callable[[], object], seconds: float, min_calls: int = 2) -> float:
     """Images per second over repeated calls after one warm-up call."""
     call()
     calls, started = 0, time.perf_counter()
@@ -34,15 +50,44 @@ def rate(images_per_call: int, call: Callable[[], object], seconds: float, min_c
     return images_per_call * calls / (time.perf_counter() - started)
 
 
-def training_step(model: DraemModel, batch: int, size: int, precision: str, channels_last: bool) -> Callable[[], None]:
+def row(what: str, network: str, mode: str, batch: int, value: float, baseline: float | None) -> None:
+    ratio = f"{value / baseline:>7.2f}x" if baseline else f"{'':>8}"
+    print(f"{what:<10}{network:<16}{mode:<22}{batch:>6}{value:>11.2f}{ratio}", flush=True)
+
+
+def torch_inference(model: DraemModel, batch: int, precision: str, channels_last: bool) -> Callable[[], None]:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(memory_format=fmt).train()
+    model = model.to(memory_format=fmt).eval()
+    images = torch.rand(batch, 3, SIZE, SIZE).contiguous(memory_format=fmt)
+
+    @torch.inference_mode()
+    def call() -> None:
+        with autocast(CPU, precision):
+            model.predict(images)
+
+    return call
+
+
+def onnx_inference(run: Path, batch: int) -> Callable[[], None]:
+    from draem.deploy.onnx import OnnxRuntimeModel, export_onnx
+
+    path = run / "model.onnx"
+    if not path.exists():
+        export_onnx(run, path, check=False)
+    runtime = OnnxRuntimeModel(path)
+    images = torch.rand(batch, 3, SIZE, SIZE)
+    return lambda: runtime(images)
+
+
+def training_step(model: DraemModel, batch: int, precision: str, channels_last: bool) -> Callable[[], None]:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    images = torch.rand(batch, 3, size, size).contiguous(memory_format=fmt)
-    masks = (torch.rand(batch, 1, size, size) > 0.9).float()
+    images = torch.rand(batch, 3, SIZE, SIZE).contiguous(memory_format=fmt)
+    masks = (torch.rand(batch, 1, SIZE, SIZE) > 0.9).float()
 
     def step() -> None:
-        with autocast(torch.device("cpu"), precision):
+        with autocast(CPU, precision):
             reconstruction, logits = model(images)
         loss = draem_loss(reconstruction, images, logits, masks)["total"]
         optimizer.zero_grad(set_to_none=True)
@@ -52,56 +97,88 @@ def training_step(model: DraemModel, batch: int, size: int, precision: str, chan
     return step
 
 
-def inference_call(model: DraemModel, batch: int, size: int, precision: str, channels_last: bool) -> Callable[[], None]:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(memory_format=fmt).eval()
-    images = torch.rand(batch, 3, size, size).contiguous(memory_format=fmt)
+def make_run(folder: Path, widths: tuple[int, int]) -> Path:
+    torch.manual_seed(0)
+    save_model(folder / "model.pt", DraemModel(*widths).eval(), ModelInfo(*widths, image_size=SIZE))
+    return folder
 
-    @torch.inference_mode()
-    def call() -> None:
-        with autocast(torch.device("cpu"), precision):
-            model.predict(images)
 
-    return call
+def inference(networks: list[str], batches: list[int], seconds: float, work: Path) -> None:
+    print(f"{'what':<10}{'network':<16}{'mode':<22}{'batch':>6}{'images/s':>11}{'vs base':>8}")
+    for name in networks:
+        run = make_run(work / name, WIDTHS[name])
+        label = f"{name} {WIDTHS[name][0]}/{WIDTHS[name][1]}"
+        for batch in batches:
+            baseline = None
+            for mode, (precision, channels_last) in TORCH_MODES.items():
+                value = images_per_second(batch, torch_inference(load_model(run).model, batch, precision,
+                                                                 channels_last), seconds)
+                baseline = baseline or value
+                row("infer", label, mode, batch, value, baseline)
+            row("infer", label, "onnxruntime fp32", batch, images_per_second(batch, onnx_inference(run, batch),
+                                                                             seconds), baseline)
+
+
+def training(networks: list[str], seconds: float) -> None:
+    for name in networks:
+        label = f"{name} {WIDTHS[name][0]}/{WIDTHS[name][1]}"
+        baseline = None
+        for mode, (precision, channels_last) in TORCH_MODES.items():
+            torch.manual_seed(0)
+            value = images_per_second(8, training_step(DraemModel(*WIDTHS[name]), 8, precision, channels_last),
+                                      seconds)
+            baseline = baseline or value
+            row("train", label, mode, 8, value, baseline)
+
+
+def simulator(seconds: float) -> None:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(8, 3, SIZE, SIZE)
+    row("simulate", "-", "texture folder", 8,
+        images_per_second(8, lambda: simulate_anomalies(images, images.flip(0), generator), seconds), None)
+    row("simulate", "-", "procedural", 8, images_per_second(
+        8, lambda: simulate_anomalies(images, procedural_textures(8, SIZE, generator), generator), seconds), None)
+
+
+def peak_memory(work: Path) -> None:
+    """Peak resident memory of `draem predict` on the full-size model, per batch size and precision."""
+    run = make_run(work / "memory", WIDTHS["full"])
+    inputs = work / "inputs"
+    inputs.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(16):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(inputs / f"{index}.png")
+    for precision in ("fp32", "bf16"):
+        for batch in (1, 8):
+            command = [sys.executable, "-m", "draem", "predict", "--run", str(run), str(inputs), "--out",
+                       str(work / f"out{batch}{precision}"), "--batch-size", str(batch), "--precision", precision]
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _, status, usage = os.wait4(process.pid, 0)
+            state = "ok" if status == 0 else f"exit status {status}"
+            print(f"{'memory':<10}{'full 128/64':<16}{'predict ' + precision:<22}{batch:>6}"
+                  f"{usage.ru_maxrss / 1024:>9.0f} MB peak RSS ({state})", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("train", "infer", "sim"))
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--seconds", type=float, default=10.0, help="minimum timing per figure")
+    parser.add_argument("--only", choices=("infer", "train", "sim", "memory"))
     parser.add_argument("--networks", default="full,narrow")
+    parser.add_argument("--batches", default="1,4,8", help="inference batch sizes")
+    parser.add_argument("--seconds", type=float, default=8.0, help="minimum timing per figure")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"{args.size}x{args.size}")
-    print(f"{'what':<10}{'network':<16}{'mode':<22}{'batch':>6}{'images/s':>10}")
-    for name in args.networks.split(","):
-        widths = WIDTHS[name]
-        label = f"{name} {widths[0]}/{widths[1]}"
-        for mode, (precision, channels_last) in MODES.items():
-            if args.only in (None, "train"):
-                step = training_step(DraemModel(*widths), 8, args.size, precision, channels_last)
-                print(f"{'train':<10}{label:<16}{mode:<22}{8:>6}{rate(8, step, args.seconds):>10.2f}",
-                      flush=True)
-            if args.only in (None, "infer"):
-                for batch in (1, 8):
-                    call = inference_call(DraemModel(*widths), batch, args.size, precision, channels_last)
-                    print(f"{'infer':<10}{label:<16}{mode:<22}{batch:>6}"
-                          f"{rate(batch, call, args.seconds):>10.2f}", flush=True)
-    if args.only in (None, "sim"):
-        generator = torch.Generator().manual_seed(0)
-        images = torch.rand(8, 3, args.size, args.size)
-
-        def simulate() -> None:
-            simulate_anomalies(images, procedural_textures(8, args.size, generator), generator)
-
-        def simulate_given_sources() -> None:
-            simulate_anomalies(images, images.flip(0), generator)
-
-        print(f"{'simulate':<10}{'-':<16}{'texture folder':<22}{8:>6}"
-              f"{rate(8, simulate_given_sources, args.seconds):>10.2f}")
-        print(f"{'simulate':<10}{'-':<16}{'procedural':<22}{8:>6}{rate(8, simulate, args.seconds):>10.2f}")
+    networks = args.networks.split(",")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
+          f"native bf16: {cpu_has_native_bf16()}, {SIZE}x{SIZE}")
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        if args.only in (None, "infer"):
+            inference(networks, [int(b) for b in args.batches.split(",")], args.seconds, work)
+        if args.only in (None, "train"):
+            training(networks, args.seconds)
+        if args.only in (None, "sim"):
+            simulator(args.seconds)
+        if args.only in (None, "memory"):
+            peak_memory(work)
 
 
 if __name__ == "__main__":

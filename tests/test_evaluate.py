@@ -101,3 +101,21 @@ def test_pad_fit_ignores_padding_in_every_metric(tmp_path):
                       recon_width=4, seg_width=4, fit="pad"))
     metrics = evaluate(EvaluationConfig(run=str(run), data=str(data)))
     assert 0 <= metrics["overall"]["pixel_auroc"] <= 1
+
+
+def test_plain_folders_without_masks_give_image_metrics_only(tmp_path, capsys):
+    data = make_category(tmp_path / "widget", train=6, good=3, defects={"spot": 3})
+    run = tmp_path / "run"
+    assert main(["train", "--normal", str(data / "train" / "good"), "--out", str(run), "--max-steps", "1",
+                 "--image-size", "32", "--recon-width", "4", "--seg-width", "4", "--batch-size", "2"]) == 0
+    assert main(["test", "--run", str(run), "--normal", str(data / "test" / "good"),
+                 "--abnormal", str(data / "test" / "spot")]) == 0
+    assert "n/a" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["overall"]["pixel_auroc"] is None and 0 <= metrics["overall"]["image_auroc"] <= 1
+    assert main(["test", "--run", str(run), "--normal", str(data / "train" / "good"),
+                 "--abnormal", str(data / "test" / "spot")]) != 0
+    assert "is the training folder" in capsys.readouterr().err
+    assert main(["test", "--run", str(run), "--normal", str(data / "test" / "good"), "--abnormal",
+                 str(data / "test" / "spot"), "--masks", str(data / "ground_truth" / "spot")]) == 0
+    assert json.loads((run / "metrics.json").read_text())["overall"]["pixel_auroc"] is not None

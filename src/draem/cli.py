@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from draem.data.catalog import ALL
 from draem.engine.devices import PRECISIONS
 from draem.engine.inference import BACKENDS
 from draem.errors import DraemError
@@ -19,7 +20,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("train", help="train DRAEM on the defect-free images of a category")
     p.add_argument("--data", help="dataset root or category folder: MVTec AD, DAGM 2007 or KolektorSDD2 "
                                   "layout (not needed with --resume)")
-    p.add_argument("--category", help="category under --data")
+    p.add_argument("--category", help="category under --data; 'all' trains every category into --out/<name>")
+    p.add_argument("--parallel-categories", action="store_true",
+                   help="with --category all under torchrun: one category per process")
     p.add_argument("--normal", help="instead of --data: a plain folder of defect-free images")
     p.add_argument("--out", required=True, help="run directory to create (or continue)")
     p.add_argument("--epochs", type=int, default=700)
@@ -65,14 +68,22 @@ def _run_train(args: argparse.Namespace) -> None:
         raise DraemError("train: --data or --normal is required (unless --resume continues a run)")
     options = _options(args)
     simulation = SimulationConfig(image_rotation_prob=options.pop("rotation_prob"))
-    print(train(TrainConfig(**options, simulation=simulation)))
+    parallel = options.pop("parallel_categories")
+    config = TrainConfig(**options, simulation=simulation)
+    if args.category == ALL:
+        from draem.engine.suite import train_all
+
+        print("\n".join(str(p) for p in train_all(config, parallel)))
+    else:
+        print(train(config))
 
 
 def _add_test(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("test", help="evaluate a trained run on a labelled test set")
     p.add_argument("--run", required=True, help="run directory (or model.pt)")
     p.add_argument("--data", help="dataset root or category folder (MVTec AD, DAGM 2007, KolektorSDD2)")
-    p.add_argument("--category")
+    p.add_argument("--category", help="category under --data; 'all' tests --run/<name> for every category "
+                                      "and writes the paper's table (benchmark.csv, benchmark.md)")
     p.add_argument("--normal", help="instead of --data: folder of defect-free test images")
     p.add_argument("--abnormal", help="with --normal: folder of defective test images")
     p.add_argument("--masks", help="with --normal: folder of masks matched by file stem")
@@ -87,7 +98,13 @@ def _add_test(commands: argparse._SubParsersAction) -> None:
 def _run_test(args: argparse.Namespace) -> None:
     from draem.engine.evaluate import EvaluationConfig, evaluate, format_table
 
-    print(format_table(evaluate(EvaluationConfig(**_options(args)))))
+    config = EvaluationConfig(**_options(args))
+    if args.category == ALL:
+        from draem.engine.suite import test_all
+
+        test_all(config)
+    else:
+        print(format_table(evaluate(config)))
 
 
 def _add_predict(commands: argparse._SubParsersAction) -> None:

@@ -29,6 +29,9 @@ class DemoConfig:
     steps: int = 150
     batch_size: int = 8
     lr: float = 5e-4
+    train_per_kind: int = 80
+    test_good_per_kind: int = 20
+    test_defects_per_type: int = 10
     device: str = "auto"
     precision: str = "auto"
 
@@ -37,8 +40,10 @@ def run_demo(config: DemoConfig) -> list[Path]:
     """Generate the demo data, then train, test and report each surface kind; the report paths."""
     started = time.perf_counter()
     out = Path(config.out)
-    data = generate_demo_dataset(out / "data", seed=config.seed, kinds=config.kinds,
-                                 image_size=config.image_size)
+    data = generate_demo_dataset(out / "data", seed=config.seed, kinds=config.kinds, image_size=config.image_size,
+                                 train_per_kind=config.train_per_kind,
+                                 test_good_per_kind=config.test_good_per_kind,
+                                 test_defects_per_type=config.test_defects_per_type)
     reports = []
     for kind in config.kinds:
         run = out / "runs" / kind

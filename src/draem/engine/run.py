@@ -81,7 +81,7 @@ def training_folder(run_dir: Path) -> str | None:
 def versions() -> dict[str, str]:
     """Versions of Python and the packages a run depends on."""
     found = {"python": platform.python_version()}
-    for name in ("draem", "torch", "numpy", "pillow", "kornia", "scipy"):
+    for name in ("draem", "torch", "numpy", "pillow", "scipy", "tqdm"):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

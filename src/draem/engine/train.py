@@ -119,8 +119,8 @@ def with_source_colour(config: TrainConfig, paths: list[Path]) -> TrainConfig:
     if config.source_colour == "auto":
         grey = all(bool((image[0] == image[1]).all() and (image[1] == image[2]).all())
                    for image in map(read_image, paths[:8]))
-        log.info("training images are %s: anomaly sources stay %s", "grey" if grey else "colour",
-                 "grey" if grey else "in colour")
+        log.info("training images are %s: anomaly sources are %s", "grey" if grey else "in colour",
+                 "made grey" if grey else "kept in colour")
     return replace(config, simulation=replace(config.simulation, grayscale_sources=grey))
 
 
@@ -261,8 +261,11 @@ def _batches(dataset: TrainImages, config: TrainConfig, cluster: Cluster, textur
     return iter(DataLoader(dataset, batch_sampler=shards, num_workers=config.workers))
 
 
-def train(config: TrainConfig) -> Path:
-    """Train a model as `config` says and return the path of the saved model (torchrun-aware)."""
+def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
+    """Train a model as `config` says and return the path of the saved model.
+
+    Under torchrun the processes train one model together unless a single-process `cluster` is given.
+    """
     config = resumed_config(config)
     _check(config)
     files = RunFiles(Path(config.out))
@@ -271,7 +274,7 @@ def train(config: TrainConfig) -> Path:
     paths, held_out = split_validation(all_paths, config.validation_fraction, config.seed)
     textures = list_texture_images(config.anomaly_source) if config.anomaly_source else []
     device = resolve_device(config.device)
-    cluster = Cluster.from_environment(device)
+    cluster = cluster or Cluster.from_environment(device)
     device = cluster.device(device)
     precision = resolve_precision(config.precision, device)
     if not textures and cluster.main:

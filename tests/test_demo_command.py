@@ -1,0 +1,20 @@
+from draem.cli import main
+from draem.engine.demo import DemoConfig, run_demo
+
+
+def test_demo_generates_trains_tests_and_reports(tmp_path, capsys):
+    config = DemoConfig(out=str(tmp_path / "demo"), kinds=("wood",), image_size=32, recon_width=4, seg_width=4,
+                        steps=2, train_per_kind=8, test_good_per_kind=3, test_defects_per_type=2)
+    reports = run_demo(config)
+    assert [p.name for p in reports] == ["report.html"]
+    assert reports[0].stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert "wood" in out and "image_auroc" in out
+    assert (tmp_path / "demo" / "data" / "wood" / "test").is_dir()
+    again = run_demo(config)
+    assert again == reports
+
+
+def test_data_demo_command_writes_the_dataset(tmp_path, capsys):
+    assert main(["data", "demo", "--out", str(tmp_path / "d"), "--image-size", "32"]) == 0
+    assert (tmp_path / "d" / "fabric" / "train" / "good").is_dir()
