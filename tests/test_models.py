@@ -77,3 +77,13 @@ def test_valid_region_limits_the_image_score():
     assert score.item() == pytest.approx(0.5, abs=1e-6)
     _, unrestricted = anomaly_map_and_score(logits)
     assert unrestricted.item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_image_score_window_is_configurable():
+    from draem.models.draem import image_score
+
+    anomaly_map = torch.rand(2, 40, 40)
+    padded = torch.nn.functional.pad(anomaly_map, (2, 2, 2, 2))
+    expected = padded.unfold(1, 5, 1).unfold(2, 5, 1).mean(dim=(-1, -2)).flatten(1).amax(1)
+    torch.testing.assert_close(image_score(anomaly_map, window=5), expected)
+    torch.testing.assert_close(image_score(anomaly_map, window=1), anomaly_map.flatten(1).amax(1))

@@ -51,6 +51,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--validation-fraction", type=float, default=0.1,
                    help="share of the good images held out to calibrate thresholds (0: use training images)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--score-window", type=int, default=21,
+                   help="image score = max of the k x k mean-filtered map (the paper: 21 at 256 px; "
+                        "smaller for small defects)")
     p.add_argument("--sync-bn", dest="sync_batchnorm", action="store_true",
                    help="with torchrun: BatchNorm statistics over the whole global batch")
 
@@ -93,6 +96,8 @@ def _add_test(commands: argparse._SubParsersAction) -> None:
                    help="auto: bf16 where the CPU/GPU computes it natively (fast), else fp32 (exact)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--out", help="where metrics.json goes (default: the run directory)")
+    p.add_argument("--score-window", type=int,
+                   help="override the model's image-score window (its thresholds were calibrated with its own)")
 
 
 def _run_test(args: argparse.Namespace) -> None:

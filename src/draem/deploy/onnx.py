@@ -24,14 +24,16 @@ class InferenceGraph(nn.Module):
 
     def __init__(self, loaded: LoadedModel) -> None:
         super().__init__()
-        self.model = loaded.model.eval()
+        self.model = loaded.model
         self.bgr = loaded.info.channel_order == "BGR"
+        self.window = loaded.info.score_window
+        self.eval()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.bgr:
             images = images[:, [2, 1, 0]]
         _, logits = self.model(images)
-        return anomaly_map_and_score(logits)
+        return anomaly_map_and_score(logits, window=self.window)
 
 
 def _require_onnx() -> None:

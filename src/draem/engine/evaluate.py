@@ -45,6 +45,7 @@ class EvaluationConfig:
     precision: str = "auto"
     workers: int = 0
     out: str | None = None
+    score_window: int | None = None
 
 
 def image_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -100,6 +101,8 @@ def _examples(predictor: Predictor, images: LabelledImages, indices: list[int], 
 def evaluate(config: EvaluationConfig) -> dict:
     """Score every test image; write metrics.json, scores.csv and report.html; return the metrics."""
     loaded = load_model(config.run)
+    if config.score_window is not None:
+        loaded.info.score_window = config.score_window
     dataset = select_dataset(config.data, config.category, config.normal, config.abnormal, config.masks,
                              trained_on=training_folder(loaded.path.parent))
     samples = dataset.test_samples()
@@ -131,7 +134,7 @@ def evaluate(config: EvaluationConfig) -> dict:
 
     metrics = {
         "run": str(loaded.path), "data": str(dataset.root), "category": dataset.name,
-        "precision": predictor.precision,
+        "precision": predictor.precision, "score_window": loaded.info.score_window,
         "overall": group_metrics([GOOD, *types]),
         "defect_types": {t: group_metrics([GOOD, t]) for t in types},
     }

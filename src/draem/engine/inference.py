@@ -52,7 +52,9 @@ class Predictor:
         """Anomaly maps (B, S, S) and image scores (B,) for fitted RGB images (B, 3, S, S) in [0, 1]."""
         if self.runtime is not None:
             maps, scores = self.runtime(images)
-            return maps, scores if valid is None or valid.all() else image_score(maps, valid)
+            if valid is None or valid.all():
+                return maps, scores
+            return maps, image_score(maps, valid, self.loaded.info.score_window)
         images = images.to(self.device, non_blocking=True)
         if self.loaded.info.channel_order == "BGR":
             images = images.flip(1)
@@ -61,7 +63,7 @@ class Predictor:
             _, logits = self.model(images)
         if valid is not None:
             valid = valid.to(self.device)
-        return anomaly_map_and_score(logits, valid)
+        return anomaly_map_and_score(logits, valid, self.loaded.info.score_window)
 
     def run(self, batches: Iterable[dict[str, torch.Tensor]]
             ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]]:

@@ -14,6 +14,7 @@ import torch
 from draem.errors import DraemError
 from draem.files import save_torch
 from draem.models import DraemModel
+from draem.models.draem import IMAGE_SCORE_WINDOW
 
 MODEL_FORMAT = "draem-model/1"
 
@@ -58,6 +59,7 @@ class ModelInfo:
     image_size: int
     fit: str = "resize"
     channel_order: str = "RGB"
+    score_window: int = IMAGE_SCORE_WINDOW
     thresholds: dict[str, Any] = field(default_factory=dict)
 
 

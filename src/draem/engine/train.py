@@ -30,6 +30,7 @@ from draem.errors import DraemError
 from draem.files import save_torch, write_json, write_text
 from draem.losses import draem_loss
 from draem.models import DraemModel
+from draem.models.draem import IMAGE_SCORE_WINDOW
 from draem.synthesis.simulator import SimulationConfig, simulate_anomalies
 from draem.synthesis.sources import list_texture_images, procedural_textures
 
@@ -69,6 +70,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     validation_fraction: float = 0.1
     sync_batchnorm: bool = False
+    score_window: int = IMAGE_SCORE_WINDOW
     resume: bool = False
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
@@ -95,7 +97,8 @@ def resumed_config(config: TrainConfig) -> TrainConfig:
 def _check(config: TrainConfig) -> None:
     positive = {"--epochs": config.epochs, "--batch-size": config.batch_size,
                 "--image-size": config.image_size, "--recon-width": config.recon_width,
-                "--seg-width": config.seg_width, "--checkpoint-every": config.checkpoint_every}
+                "--seg-width": config.seg_width, "--checkpoint-every": config.checkpoint_every,
+                "--score-window": config.score_window}
     for flag, value in positive.items():
         if value < 1:
             raise DraemError(f"{flag} {value}: must be at least 1")
@@ -372,7 +375,8 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
 def finish(model: DraemModel, config: TrainConfig, files: RunFiles, calibration_images: list[Path],
            textures: list[Path], device: torch.device) -> None:
     """Calibrate thresholds on held-out images and write the model file."""
-    info = ModelInfo(config.recon_width, config.seg_width, config.image_size, config.fit)
+    info = ModelInfo(config.recon_width, config.seg_width, config.image_size, config.fit,
+                     score_window=config.score_window)
     if config.validation_fraction == 0:
         log.warning("no validation split (--validation-fraction 0): calibrating on training images")
     thresholds = calibrate_after_training(model, info, config, calibration_images, textures, device)

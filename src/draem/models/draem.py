@@ -164,22 +164,22 @@ class DiscriminativeSubNetwork(nn.Module):
         return self.decoder_segment(self.encoder_segment(x))
 
 
-def image_score(anomaly_map: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Max of the 21x21 mean-filtered map (B, H, W); with `valid`, padding counts as 0 and is not maxed."""
+def image_score(anomaly_map: torch.Tensor, valid: torch.Tensor | None = None,
+                window: int = IMAGE_SCORE_WINDOW) -> torch.Tensor:
+    """Max of the window x window mean-filtered map (B, H, W); padding (not `valid`) counts as 0."""
     if valid is not None:
         anomaly_map = anomaly_map * valid
-    smoothed = F.avg_pool2d(anomaly_map[:, None], IMAGE_SCORE_WINDOW, stride=1,
-                            padding=IMAGE_SCORE_WINDOW // 2)[:, 0]
+    smoothed = F.avg_pool2d(anomaly_map[:, None], window, stride=1, padding=window // 2)[:, 0]
     if valid is not None:
         smoothed = smoothed.masked_fill(~valid, float("-inf"))
     return smoothed.flatten(1).amax(dim=1)
 
 
-def anomaly_map_and_score(logits: torch.Tensor, valid: torch.Tensor | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+def anomaly_map_and_score(logits: torch.Tensor, valid: torch.Tensor | None = None,
+                          window: int = IMAGE_SCORE_WINDOW) -> tuple[torch.Tensor, torch.Tensor]:
     """Anomaly map = softmax channel 1 of the logits; image score = `image_score` of it."""
     anomaly_map = torch.softmax(logits.float(), dim=1)[:, 1]
-    return anomaly_map, image_score(anomaly_map, valid)
+    return anomaly_map, image_score(anomaly_map, valid, window)
 
 
 class DraemModel(nn.Module):
