@@ -34,28 +34,25 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class ReconstructiveEncoder(nn.Module):
-    """Five blocks of widths w, 2w, 4w, 8w, 8w with a max-pool between consecutive blocks."""
+class Encoder(nn.Module):
+    """Blocks `block1..blockN` of the given widths with max-pools `mp1..` between them; every output."""
 
-    def __init__(self, in_channels: int, width: int) -> None:
+    def __init__(self, in_channels: int, widths: list[int]) -> None:
         super().__init__()
-        w = width
-        self.block1 = _block(in_channels, w)
-        self.mp1 = nn.MaxPool2d(2)
-        self.block2 = _block(w, 2 * w)
-        self.mp2 = nn.MaxPool2d(2)
-        self.block3 = _block(2 * w, 4 * w)
-        self.mp3 = nn.MaxPool2d(2)
-        self.block4 = _block(4 * w, 8 * w)
-        self.mp4 = nn.MaxPool2d(2)
-        self.block5 = _block(8 * w, 8 * w)
+        self.depth = len(widths)
+        for index, (c_in, c_out) in enumerate(zip([in_channels, *widths], widths), start=1):
+            if index > 1:
+                self.add_module(f"mp{index - 1}", nn.MaxPool2d(2))
+            self.add_module(f"block{index}", _block(c_in, c_out))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.mp1(self.block1(x))
-        x = self.mp2(self.block2(x))
-        x = self.mp3(self.block3(x))
-        x = self.mp4(self.block4(x))
-        return self.block5(x)
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for index in range(1, self.depth + 1):
+            if index > 1:
+                x = getattr(self, f"mp{index - 1}")(x)
+            x = getattr(self, f"block{index}")(x)
+            features.append(x)
+        return features
 
 
 class ReconstructiveDecoder(nn.Module):
@@ -87,40 +84,13 @@ class ReconstructiveSubNetwork(nn.Module):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, base_width: int = 128) -> None:
         super().__init__()
-        self.encoder = ReconstructiveEncoder(in_channels, base_width)
+        w = base_width
+        self.encoder = Encoder(in_channels, [w, 2 * w, 4 * w, 8 * w, 8 * w])
         self.decoder = ReconstructiveDecoder(base_width, out_channels)
         self.apply(init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
-
-
-class DiscriminativeEncoder(nn.Module):
-    """Six blocks of widths w, 2w, 4w, 8w, 8w, 8w with five max-pools; returns every block."""
-
-    def __init__(self, in_channels: int, width: int) -> None:
-        super().__init__()
-        w = width
-        self.block1 = _block(in_channels, w)
-        self.mp1 = nn.MaxPool2d(2)
-        self.block2 = _block(w, 2 * w)
-        self.mp2 = nn.MaxPool2d(2)
-        self.block3 = _block(2 * w, 4 * w)
-        self.mp3 = nn.MaxPool2d(2)
-        self.block4 = _block(4 * w, 8 * w)
-        self.mp4 = nn.MaxPool2d(2)
-        self.block5 = _block(8 * w, 8 * w)
-        self.mp5 = nn.MaxPool2d(2)
-        self.block6 = _block(8 * w, 8 * w)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        b1 = self.block1(x)
-        b2 = self.block2(self.mp1(b1))
-        b3 = self.block3(self.mp2(b2))
-        b4 = self.block4(self.mp3(b3))
-        b5 = self.block5(self.mp4(b4))
-        b6 = self.block6(self.mp5(b5))
-        return [b1, b2, b3, b4, b5, b6]
+        return self.decoder(self.encoder(x)[-1])
 
 
 class DiscriminativeDecoder(nn.Module):
@@ -156,7 +126,8 @@ class DiscriminativeSubNetwork(nn.Module):
 
     def __init__(self, in_channels: int = 6, out_channels: int = 2, base_channels: int = 64) -> None:
         super().__init__()
-        self.encoder_segment = DiscriminativeEncoder(in_channels, base_channels)
+        w = base_channels
+        self.encoder_segment = Encoder(in_channels, [w, 2 * w, 4 * w, 8 * w, 8 * w, 8 * w])
         self.decoder_segment = DiscriminativeDecoder(base_channels, out_channels)
         self.apply(init_weights)
 
