@@ -40,7 +40,7 @@ class Encoder(nn.Module):
     def __init__(self, in_channels: int, widths: list[int]) -> None:
         super().__init__()
         self.depth = len(widths)
-        for index, (c_in, c_out) in enumerate(zip([in_channels, *widths], widths), start=1):
+        for index, (c_in, c_out) in enumerate(zip([in_channels, *widths[:-1]], widths, strict=True), start=1):
             if index > 1:
                 self.add_module(f"mp{index - 1}", nn.MaxPool2d(2))
             self.add_module(f"block{index}", _block(c_in, c_out))
