@@ -1,10 +1,9 @@
-"""The built-in demo dataset: layout, determinism, exact masks, defect sizes and speed."""
+"""The built-in demo dataset: layout, determinism, exact masks, defect sizes and products."""
 
 from __future__ import annotations
 
 import hashlib
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +152,19 @@ def test_good_samples_have_no_defect_and_vary(kind: str) -> None:
     assert np.std([image.mean() for image in images]) > 0.01
 
 
+@pytest.mark.parametrize("kind", ["fabric", "metal", "wood"])
+def test_one_product_keeps_its_colours_while_products_differ(kind: str) -> None:
+    """Terrazzo is left out: its random chips dominate the mean colour of an image."""
+    def chromaticity(product: int, seed: int) -> np.ndarray:
+        mean = render_sample(kind, None, np.random.default_rng(seed), 64, product).image.reshape(-1, 3).mean(0)
+        return mean / mean.sum()
+
+    same = [chromaticity(0, seed) for seed in range(4)]
+    within = max(np.abs(a - b).max() for a in same for b in same)
+    across = max(np.abs(chromaticity(product, 0) - same[0]).max() for product in range(1, 4))
+    assert across > 2 * within
+
+
 def test_second_call_with_same_parameters_is_a_no_op(tmp_path: Path) -> None:
     settings = {**SMALL, "kinds": ["metal"], "seed": 5}
     out = generate_demo_dataset(tmp_path / "demo", **settings)
@@ -213,10 +225,3 @@ def test_rejects_bad_arguments(tmp_path: Path) -> None:
         render_sample("carpet", None, np.random.default_rng(0))
     with pytest.raises(ValueError):
         render_sample("wood", "missing_thread", np.random.default_rng(0))
-
-
-def test_a_small_dataset_generates_in_a_few_seconds(tmp_path: Path) -> None:
-    start = time.perf_counter()
-    generate_demo_dataset(tmp_path / "timed", seed=9, image_size=64, train_per_kind=8,
-                          test_good_per_kind=4, test_defects_per_type=3)
-    assert time.perf_counter() - start < 5.0

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from draem.data.catalog import ALL
+from draem.data.demo import DEMO_KINDS
 from draem.engine.devices import PRECISIONS
 from draem.engine.inference import BACKENDS
 from draem.errors import DraemError
@@ -213,7 +214,8 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("demo", help="generate demo data, train, test and write reports (minutes)")
     p.add_argument("--out", default="draem-demo", help="folder for data, runs and reports")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kinds", nargs="+", help="surface kinds to train (default: all)")
+    p.add_argument("--kinds", nargs="+", choices=DEMO_KINDS,
+                   help="surface kinds to train (default: fabric metal wood; terrazzo is the hard one)")
     p.add_argument("--device", default="auto")
 
 

@@ -32,7 +32,7 @@ MIN_IMAGE_SIZE = 32
 
 _REFERENCE_SIZE = 128.0
 _MAX_ATTEMPTS = 40
-_GENERATOR_TAG = "draem demo generator v1"
+_GENERATOR_TAG = "draem demo generator v2"
 _README_TITLE = "DRAEM demo dataset"
 _F32 = np.float32
 
@@ -182,7 +182,7 @@ def _draw_look(rng: np.random.Generator, grid: _Grid) -> _Look:
     spot = np.exp(((grid.y - centre_y) ** 2 + (grid.x - centre_x) ** 2) / (-2 * width**2))
     light = _uniform(rng, 0.82, 1.12) * (1 + _uniform(rng, 0, 0.35) / _REFERENCE_SIZE * ramp
                                          + _uniform(rng, 0, 0.15) * spot)
-    tint = _colour((1.0, 1.0, 1.0), rng, 0.02)
+    tint = _colour((1.0, 1.0, 1.0), rng, 0.01)
     sigma = _uniform(rng, 0.006, 0.016)
     noise = sigma * (rng.standard_normal((*grid.shape, 1), dtype=_F32)
                      + 0.4 * rng.standard_normal((*grid.shape, 3), dtype=_F32))
@@ -198,10 +198,10 @@ _FABRIC_COLOURS = (
 )
 
 
-def _fabric(rng: np.random.Generator, grid: _Grid) -> _Surface:
+def _fabric(rng: np.random.Generator, grid: _Grid, product: int) -> _Surface:
     """Plain weave: warp and weft threads alternate over and under, with slubs and fibres."""
     angle = _axis_angle(rng, 0.06)
-    period = _uniform(rng, 4.5, 7.5)
+    period = float(np.random.default_rng(product).uniform(4.5, 7.5)) * _uniform(rng, 0.93, 1.07)
     u, v = _rotate(grid, angle)
     u = u + 0.7 * _smooth_noise(rng, grid, 30)
     v = v + 0.7 * _smooth_noise(rng, grid, 30)
@@ -210,7 +210,7 @@ def _fabric(rng: np.random.Generator, grid: _Grid) -> _Surface:
     fu, fv = tu - floor_u, tv - floor_v
     iu, iv = floor_u.astype(np.int64), floor_v.astype(np.int64)
     warp_over = (iu + iv) % 2 == 0
-    palette = _FABRIC_COLOURS[rng.integers(len(_FABRIC_COLOURS))]
+    palette = _FABRIC_COLOURS[product % len(_FABRIC_COLOURS)]
     warp_col, weft_col = _colour(palette[0], rng, 0.05), _colour(palette[1], rng, 0.05)
     slubs = rng.normal(0, 0.06, (2, 64)).astype(_F32)
     warp_shade = 1 + slubs[0][iv % 64] + 0.14 * _streaks(rng, u, v, period / 4, 3.0)
@@ -254,7 +254,7 @@ _METAL_COLOURS = (
 )
 
 
-def _metal(rng: np.random.Generator, grid: _Grid) -> _Surface:
+def _metal(rng: np.random.Generator, grid: _Grid, product: int) -> _Surface:
     """Brushed metal: fine streaks along the brushing direction and a broad sheen."""
     angle = _axis_angle(rng, 0.05) if rng.random() < 0.7 else _uniform(rng, 0, np.pi)
     u, v = _rotate(grid, angle)
@@ -263,7 +263,7 @@ def _metal(rng: np.random.Generator, grid: _Grid) -> _Surface:
     medium = _streaks(rng, u, v, 3.0 * scale, 90 * scale)
     centre, width = _uniform(rng, -50, 50), _uniform(rng, 15, 45)
     sheen = np.exp(-(((v - centre) / width) ** 2))
-    base = _colour(_METAL_COLOURS[rng.integers(len(_METAL_COLOURS))], rng, 0.03)
+    base = _colour(_METAL_COLOURS[product % len(_METAL_COLOURS)], rng, 0.03)
     shade = (1 + 0.07 * fine + 0.05 * medium + _uniform(rng, 0.05, 0.18) * sheen
              + 0.04 * _smooth_noise(rng, grid, 50))
     return _Surface(base * shade[..., None], angle)
@@ -278,7 +278,7 @@ _WOOD_COLOURS = (
 )
 
 
-def _wood(rng: np.random.Generator, grid: _Grid) -> _Surface:
+def _wood(rng: np.random.Generator, grid: _Grid, product: int) -> _Surface:
     """Flat-sawn wood: growth rings (light earlywood, dark latewood), fibres and pores."""
     angle = _axis_angle(rng, 0.08)
     u, v = _rotate(grid, angle)
@@ -290,8 +290,8 @@ def _wood(rng: np.random.Generator, grid: _Grid) -> _Surface:
     late = _smoothstep(0.45, 0.85, f) * (1 - _smoothstep(0.9, 1.0, f))
     fibres = _streaks(rng, u, rings, 1.2, 20)
     pores = np.clip(_streaks(rng, u, rings, 0.8, _uniform(rng, 3, 6)) - 2.0, 0, None)
-    light_col, dark_col = _WOOD_COLOURS[rng.integers(len(_WOOD_COLOURS))]
-    tone = rng.normal(0, 0.03, 3)
+    light_col, dark_col = _WOOD_COLOURS[product % len(_WOOD_COLOURS)]
+    tone = rng.normal(0, 0.01, 3)
     mix = (_uniform(rng, 0.75, 1.0) * late)[..., None]
     albedo = (_rgb(light_col) * (1 - mix) + _rgb(dark_col) * mix) * (1 + tone.astype(_F32))
     shade = 1 + 0.035 * fibres - 0.2 * pores + 0.05 * _smooth_noise(rng, grid, 40)
@@ -329,12 +329,12 @@ def _worley(rng: np.random.Generator, grid: _Grid, cell: float) -> tuple[np.ndar
     return np.sqrt(nearest), np.sqrt(second), number
 
 
-def _terrazzo(rng: np.random.Generator, grid: _Grid) -> _Surface:
+def _terrazzo(rng: np.random.Generator, grid: _Grid, product: int) -> _Surface:
     """Terrazzo: angular stone chips of a few colours, large and small, set in a fine binder."""
-    binder = _colour(_BINDER_COLOURS[rng.integers(len(_BINDER_COLOURS))], rng, 0.03)
+    binder = _colour(_BINDER_COLOURS[product % len(_BINDER_COLOURS)], rng, 0.03)
     albedo = binder * (1 + 0.06 * _smooth_noise(rng, grid, 1.5))[..., None]
     palette = np.asarray(_CHIP_COLOURS, dtype=_F32)
-    palette = palette[rng.choice(len(_CHIP_COLOURS), 4, replace=False)]
+    palette = palette[np.random.default_rng(product).choice(len(_CHIP_COLOURS), 4, replace=False)]
     mottle = 1 + 0.06 * _smooth_noise(rng, grid, 1.5)
     density = _uniform(rng, 0.8, 1.25)
     for cell, fill in ((_uniform(rng, 13, 20) / density, 0.85),
@@ -351,7 +351,7 @@ def _terrazzo(rng: np.random.Generator, grid: _Grid) -> _Surface:
     return _Surface(albedo, 0.0)
 
 
-_SURFACES: dict[str, Callable[[np.random.Generator, _Grid], _Surface]] = {
+_SURFACES: dict[str, Callable[[np.random.Generator, _Grid, int], _Surface]] = {
     "fabric": _fabric, "metal": _metal, "wood": _wood, "terrazzo": _terrazzo,
 }
 
@@ -542,17 +542,18 @@ def _to_uint8(image: FloatImage) -> np.ndarray:
 
 
 def render_sample(kind: str, defect: str | None, rng: np.random.Generator,
-                  image_size: int = 128) -> DemoSample:
+                  image_size: int = 128, product: int = 0) -> DemoSample:
     """Render one surface of `kind` with `defect` (None for a good one); pure, draws only from rng.
 
-    The mask is exactly the set of pixels whose value differs from the clean render.
+    `product` picks the colours, as one production line makes one product; lighting, orientation,
+    scale and pattern vary per image. The mask is exactly the pixels that differ from the clean render.
     """
     if kind not in DEFECT_TYPES:
         raise ValueError(f"unknown surface kind {kind!r}; expected one of {DEMO_KINDS}")
     if defect is not None and defect not in DEFECT_TYPES[kind]:
         raise ValueError(f"unknown defect {defect!r} for {kind}; expected {DEFECT_TYPES[kind]}")
     grid = _make_grid(image_size)
-    surface = _SURFACES[kind](rng, grid)
+    surface = _SURFACES[kind](rng, grid, product)
     look = _draw_look(rng, grid)
     clean_float = look.finish(surface.albedo)
     clean = _to_uint8(clean_float)
@@ -567,6 +568,11 @@ def render_sample(kind: str, defect: str | None, rng: np.random.Generator,
         if low <= mask.mean() <= high:
             return DemoSample(image, clean, mask)
     raise RuntimeError(f"could not place a {defect} on {kind} within the area bounds")
+
+
+def _product(seed: int, kind: str) -> int:
+    """The product (colour scheme) of one kind in the dataset made with `seed`."""
+    return int(np.random.default_rng([seed, DEMO_KINDS.index(kind)]).integers(1 << 16))
 
 
 def _sample_rng(seed: int, kind: str, split: int, index: int) -> np.random.Generator:
@@ -614,6 +620,7 @@ def _write_kind(root: Path, kind: str, seed: int, image_size: int, train: int, t
     splits = [("train", "good", None, train, 0), ("test", "good", None, test_good, 1)]
     splits += [("test", defect, defect, per_defect, 2 + i)
                for i, defect in enumerate(DEFECT_TYPES[kind])]
+    product = _product(seed, kind)
     for split, folder_name, defect, count, code in splits:
         folder = root / kind / split / folder_name
         folder.mkdir(parents=True, exist_ok=True)
@@ -621,7 +628,7 @@ def _write_kind(root: Path, kind: str, seed: int, image_size: int, train: int, t
         if defect is not None:
             masks.mkdir(parents=True, exist_ok=True)
         for index in range(count):
-            sample = render_sample(kind, defect, _sample_rng(seed, kind, code, index), image_size)
+            sample = render_sample(kind, defect, _sample_rng(seed, kind, code, index), image_size, product)
             _save_png(sample.image, folder / f"{index:03d}.png")
             if defect is not None:
                 _save_png(sample.mask.astype(np.uint8) * 255, masks / f"{index:03d}_mask.png")

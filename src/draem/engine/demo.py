@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from draem.data.demo import DEMO_KINDS, generate_demo_dataset
+from draem.data.demo import generate_demo_dataset
 from draem.engine.evaluate import EvaluationConfig, evaluate, format_table
 from draem.engine.run import RunFiles
 from draem.engine.train import TrainConfig, train
@@ -21,14 +21,15 @@ class DemoConfig:
     """The compact configuration of the demo: small images, narrow networks, a few hundred steps."""
 
     out: str = "draem-demo"
-    kinds: Sequence[str] = DEMO_KINDS
+    kinds: Sequence[str] = ("fabric", "metal", "wood")
     seed: int = 0
-    image_size: int = 128
+    image_size: int = 96
     recon_width: int = 16
     seg_width: int = 16
-    steps: int = 150
+    steps: int = 170
     batch_size: int = 8
-    lr: float = 5e-4
+    lr: float = 1e-3
+    score_window: int = 5
     train_per_kind: int = 80
     test_good_per_kind: int = 20
     test_defects_per_type: int = 10
@@ -51,8 +52,8 @@ def run_demo(config: DemoConfig) -> list[Path]:
         train(TrainConfig(data=str(data), category=kind, out=str(run), max_steps=config.steps,
                           batch_size=config.batch_size, image_size=config.image_size,
                           recon_width=config.recon_width, seg_width=config.seg_width, lr=config.lr,
-                          seed=config.seed, device=config.device, precision=config.precision,
-                          resume=True))
+                          score_window=config.score_window, seed=config.seed, device=config.device,
+                          precision=config.precision, resume=True))
         metrics = evaluate(EvaluationConfig(run=str(run), data=str(data), category=kind,
                                             device=config.device, precision=config.precision))
         print(f"\n{kind}\n{format_table(metrics)}")
