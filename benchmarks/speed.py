@@ -40,6 +40,7 @@ TORCH_MODES = {"fp32 eager NCHW": ("fp32", False), "fp32 channels-last": ("fp32"
                "bf16 channels-last": ("bf16", True)}
 NATIVE_BF16 = cpu_has_native_bf16()
 PRECISIONS = ("fp32", "bf16") if NATIVE_BF16 else ("fp32",)
+MODES = {mode: setting for mode, setting in TORCH_MODES.items() if setting[0] in PRECISIONS}
 
 
 def images_per_second(images_per_call: int, call: Callable[[], object], seconds: float, min_calls: int = 2) -> float:
@@ -112,9 +113,7 @@ def inference(networks: list[str], batches: list[int], seconds: float, work: Pat
         label = f"{name} {WIDTHS[name][0]}/{WIDTHS[name][1]}"
         for batch in batches:
             baseline = None
-            for mode, (precision, channels_last) in TORCH_MODES.items():
-                if precision not in PRECISIONS:
-                    continue
+            for mode, (precision, channels_last) in MODES.items():
                 value = images_per_second(batch, torch_inference(load_model(run).model, batch, precision,
                                                                  channels_last), seconds)
                 baseline = baseline or value
@@ -127,9 +126,7 @@ def training(networks: list[str], seconds: float) -> None:
     for name in networks:
         label = f"{name} {WIDTHS[name][0]}/{WIDTHS[name][1]}"
         baseline = None
-        for mode, (precision, channels_last) in TORCH_MODES.items():
-            if precision not in PRECISIONS:
-                continue
+        for mode, (precision, channels_last) in MODES.items():
             torch.manual_seed(0)
             value = images_per_second(8, training_step(DraemModel(*WIDTHS[name]), 8, precision, channels_last),
                                       seconds)

@@ -1,3 +1,5 @@
+import json
+
 from draem.cli import main
 from draem.engine.demo import DemoConfig, run_demo
 
@@ -11,6 +13,7 @@ def test_demo_generates_trains_tests_and_reports(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "wood" in out and "image_auroc" in out
     assert (tmp_path / "demo" / "data" / "wood" / "test").is_dir()
+    assert json.loads((reports[0].parent / "metrics.json").read_text())["score_window"] == config.score_window
     again = run_demo(config)
     assert again == reports
 

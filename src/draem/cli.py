@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from draem.data.catalog import ALL
-from draem.data.demo import DEMO_KINDS
+from draem.data.demo import DEMO_DEFAULT_KINDS, DEMO_KINDS
 from draem.engine.devices import PRECISIONS
 from draem.engine.inference import BACKENDS
 from draem.errors import DraemError
@@ -215,7 +215,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="draem-demo", help="folder for data, runs and reports")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kinds", nargs="+", choices=DEMO_KINDS,
-                   help="surface kinds to train (default: fabric metal wood; terrazzo is the hard one)")
+                   help=f"surface kinds to train (default: {' '.join(DEMO_DEFAULT_KINDS)})")
     p.add_argument("--device", default="auto")
 
 

@@ -21,6 +21,7 @@ from scipy.spatial import cKDTree
 from draem.errors import DraemError
 
 DEMO_KINDS: tuple[str, ...] = ("fabric", "metal", "wood", "terrazzo")
+DEMO_DEFAULT_KINDS: tuple[str, ...] = ("fabric", "metal", "wood")  # `draem demo`; terrazzo is the hard one
 DEFECT_TYPES: dict[str, tuple[str, ...]] = {
     "fabric": ("hole", "stain", "missing_thread", "contamination"),
     "metal": ("scratch", "pit", "stain", "contamination"),

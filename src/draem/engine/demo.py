@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from draem.data.demo import generate_demo_dataset
+from draem.data.demo import DEMO_DEFAULT_KINDS, generate_demo_dataset
 from draem.engine.evaluate import EvaluationConfig, evaluate, format_table
 from draem.engine.run import RunFiles
 from draem.engine.train import TrainConfig, train
@@ -18,10 +18,10 @@ log = logging.getLogger("draem")
 
 @dataclass
 class DemoConfig:
-    """The compact configuration of the demo: small images, narrow networks, a few hundred steps."""
+    """The compact configuration of the demo: small images, narrow networks, under two hundred steps."""
 
     out: str = "draem-demo"
-    kinds: Sequence[str] = ("fabric", "metal", "wood")
+    kinds: Sequence[str] = DEMO_DEFAULT_KINDS
     seed: int = 0
     image_size: int = 96
     recon_width: int = 16
