@@ -1,5 +1,7 @@
 import json
 
+import torch
+
 from draem.cli import main
 from draem.engine.demo import DemoConfig, run_demo
 
@@ -16,6 +18,18 @@ def test_demo_generates_trains_tests_and_reports(tmp_path, capsys):
     assert json.loads((reports[0].parent / "metrics.json").read_text())["score_window"] == config.score_window
     again = run_demo(config)
     assert again == reports
+
+
+def test_demo_trains_again_when_its_data_changed(tmp_path):
+    config = DemoConfig(out=str(tmp_path / "demo"), kinds=("wood",), image_size=32, recon_width=4, seg_width=4,
+                        steps=2, train_per_kind=8, test_good_per_kind=3, test_defects_per_type=2)
+    checkpoint = run_demo(config)[0].parent / "checkpoint.pt"
+    first = torch.load(checkpoint)["model"]
+    run_demo(config)
+    assert all(torch.equal(first[k], v) for k, v in torch.load(checkpoint)["model"].items())
+    config.train_per_kind = 12
+    run_demo(config)
+    assert not all(torch.equal(first[k], v) for k, v in torch.load(checkpoint)["model"].items())
 
 
 def test_data_demo_command_writes_the_dataset(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ log = logging.getLogger("draem")
 
 @dataclass
 class DemoConfig:
-    """The compact configuration of the demo: small images, narrow networks, under two hundred steps."""
+    """The compact configuration of the demo: small images, narrow networks, 400 steps per surface."""
 
     out: str = "draem-demo"
     kinds: Sequence[str] = DEMO_DEFAULT_KINDS
@@ -26,7 +27,7 @@ class DemoConfig:
     image_size: int = 96
     recon_width: int = 16
     seg_width: int = 16
-    steps: int = 170
+    steps: int = 400
     batch_size: int = 8
     lr: float = 1e-3
     score_window: int = 5
@@ -38,16 +39,25 @@ class DemoConfig:
 
 
 def run_demo(config: DemoConfig) -> list[Path]:
-    """Generate the demo data, then train, test and report each surface kind; the report paths."""
+    """Generate the demo data, then train (or resume), test and report each surface kind; the report paths.
+
+    Runs made on other data (another seed, size or generator version) are trained again.
+    """
     started = time.perf_counter()
     out = Path(config.out)
+    description = out / "data" / "README.txt"
+    before = description.read_text(encoding="utf-8") if description.is_file() else None
     data = generate_demo_dataset(out / "data", seed=config.seed, kinds=config.kinds, image_size=config.image_size,
                                  train_per_kind=config.train_per_kind,
                                  test_good_per_kind=config.test_good_per_kind,
                                  test_defects_per_type=config.test_defects_per_type)
+    data_changed = description.read_text(encoding="utf-8") != before
     reports = []
     for kind in config.kinds:
         run = out / "runs" / kind
+        if data_changed and run.exists():
+            log.info("demo: the data changed; training %s again", kind)
+            shutil.rmtree(run)
         log.info("demo: training on %s", kind)
         train(TrainConfig(data=str(data), category=kind, out=str(run), max_steps=config.steps,
                           batch_size=config.batch_size, image_size=config.image_size,
