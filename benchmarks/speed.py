@@ -28,8 +28,7 @@ from PIL import Image
 
 from draem.engine.devices import autocast, cpu_has_native_bf16
 from draem.engine.run import ModelInfo, load_model, save_model
-from draem.losses import draem_loss
-from draem.models import DraemModel
+from draem.methods.draem import DraemModel, DraemOptions, draem_loss
 from draem.synthesis.simulator import simulate_anomalies
 from draem.synthesis.sources import procedural_textures
 
@@ -102,7 +101,8 @@ def training_step(model: DraemModel, batch: int, precision: str, channels_last: 
 
 def make_run(folder: Path, widths: tuple[int, int]) -> Path:
     torch.manual_seed(0)
-    save_model(folder / "model.pt", DraemModel(*widths).eval(), ModelInfo(*widths, image_size=SIZE))
+    model = DraemModel(DraemOptions(*widths)).eval()
+    save_model(folder / "model.pt", model, ModelInfo.of(model, SIZE))
     return folder
 
 
@@ -128,8 +128,8 @@ def training(networks: list[str], seconds: float) -> None:
         baseline = None
         for mode, (precision, channels_last) in MODES.items():
             torch.manual_seed(0)
-            value = images_per_second(8, training_step(DraemModel(*WIDTHS[name]), 8, precision, channels_last),
-                                      seconds)
+            model = DraemModel(DraemOptions(*WIDTHS[name]))
+            value = images_per_second(8, training_step(model, 8, precision, channels_last), seconds)
             baseline = baseline or value
             row("train", label, mode, 8, value, baseline)
 

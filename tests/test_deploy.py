@@ -19,7 +19,8 @@ def test_official_checkpoints_import_and_receive_bgr(tmp_path, capsys):
                  "--image-size", "64"]) == 0
     loaded = load_model(tmp_path / "run")
     assert loaded.info.channel_order == "BGR"
-    assert (loaded.info.recon_width, loaded.info.seg_width) == (8, 4)
+    assert (loaded.info.options["recon_width"], loaded.info.options["seg_width"]) == (8, 4)
+    assert loaded.info.resize == "authors"
     expected = torch.load(FIXTURES / "expected_io.pt")
     bgr = expected["input"]
     predictor = Predictor(loaded, torch.device("cpu"), "fp32")
@@ -61,7 +62,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     data = make_category(root / "widget")
     train(TrainConfig(data=str(data), out=str(root / "run"), max_steps=1, batch_size=2, image_size=64,
-                      recon_width=4, seg_width=4))
+                      options={"recon_width": 4, "seg_width": 4}))
     return data, root / "run"
 
 

@@ -10,8 +10,8 @@ from draem.cli import main
 from draem.engine.evaluate import EvaluationConfig, evaluate
 from draem.engine.run import ModelInfo, load_model, save_model
 from draem.engine.train import TrainConfig, train
+from draem.methods.draem import DraemModel, DraemOptions
 from draem.metrics import auroc
-from draem.models import DraemModel
 
 METRICS = {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro", "images"}
 
@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
     data = make_category(root / "widget", defects={"spot": 3, "scratch": 2})
     run = root / "run"
     train(TrainConfig(data=str(data), out=str(run), max_steps=2, batch_size=2, image_size=32,
-                      recon_width=4, seg_width=4))
+                      options={"recon_width": 4, "seg_width": 4}))
     return data, run
 
 
@@ -81,7 +81,8 @@ def test_unreadable_test_image_is_named(trained, tmp_path, capsys):
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path, capsys):
-    save_model(tmp_path / "model.pt", DraemModel(8, 4), ModelInfo(recon_width=4, seg_width=4, image_size=32))
+    save_model(tmp_path / "model.pt", DraemModel(DraemOptions(8, 4)),
+               ModelInfo("draem", {"recon_width": 4, "seg_width": 4}, image_size=32))
     data = make_category(tmp_path / "data")
     assert main(["test", "--run", str(tmp_path), "--data", str(data)]) != 0
     err = capsys.readouterr().err
@@ -98,7 +99,7 @@ def test_pad_fit_ignores_padding_in_every_metric(tmp_path):
     data = make_category(tmp_path / "data")
     run = tmp_path / "run"
     train(TrainConfig(data=str(data), out=str(run), max_steps=1, batch_size=2, image_size=32,
-                      recon_width=4, seg_width=4, fit="pad"))
+                      options={"recon_width": 4, "seg_width": 4}, fit="pad"))
     metrics = evaluate(EvaluationConfig(run=str(run), data=str(data)))
     assert 0 <= metrics["overall"]["pixel_auroc"] <= 1
 

@@ -5,7 +5,8 @@ from conftest import MTD
 from skimage.metrics import structural_similarity
 
 from draem.data.images import fit_to_square, list_images, read_image
-from draem.losses import draem_loss, focal_loss, ssim, ssim_map
+from draem.losses import focal_loss, ssim, ssim_map
+from draem.methods.draem import draem_loss
 
 
 def skimage_ssim(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -4,8 +4,9 @@ import pytest
 import torch
 from conftest import FIXTURES
 
-from draem.models import DiscriminativeSubNetwork, DraemModel, ReconstructiveSubNetwork
-from draem.models.draem import anomaly_map_and_score
+from draem.methods.draem import DraemModel, DraemOptions
+from draem.methods.draem.networks import DiscriminativeSubNetwork, ReconstructiveSubNetwork
+from draem.scoring import image_score
 
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"{FIXTURES} not present")
 
@@ -43,7 +44,7 @@ def test_official_checkpoints_load_strictly_and_reproduce_outputs():
 
 def test_initialisation_follows_the_paper():
     torch.manual_seed(0)
-    model = DraemModel(recon_width=16, seg_width=8)
+    model = DraemModel(DraemOptions(recon_width=16, seg_width=8))
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     weights = torch.cat([c.weight.flatten() for c in convs])
@@ -56,7 +57,7 @@ def test_initialisation_follows_the_paper():
 
 
 def test_predict_gives_softmax_map_and_mean_filtered_max():
-    model = DraemModel(recon_width=4, seg_width=4).eval()
+    model = DraemModel(DraemOptions(recon_width=4, seg_width=4)).eval()
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         _, logits = model(x)
@@ -69,19 +70,16 @@ def test_predict_gives_softmax_map_and_mean_filtered_max():
 
 
 def test_valid_region_limits_the_image_score():
-    logits = torch.zeros(1, 2, 64, 64)
-    logits[0, 1, :, :32] = 10.0
+    anomaly_map = torch.full((1, 64, 64), 0.5)
+    anomaly_map[0, :, :32] = 1.0
     valid = torch.zeros(1, 64, 64, dtype=torch.bool)
     valid[:, :, 32:] = True
-    _, score = anomaly_map_and_score(logits, valid)
+    score = image_score(anomaly_map, valid)
     assert score.item() == pytest.approx(0.5, abs=1e-6)
-    _, unrestricted = anomaly_map_and_score(logits)
-    assert unrestricted.item() == pytest.approx(1.0, abs=1e-4)
+    assert image_score(anomaly_map).item() == pytest.approx(1.0, abs=1e-6)
 
 
 def test_image_score_window_is_configurable():
-    from draem.models.draem import image_score
-
     anomaly_map = torch.rand(2, 40, 40)
     padded = torch.nn.functional.pad(anomaly_map, (2, 2, 2, 2))
     expected = padded.unfold(1, 5, 1).unfold(2, 5, 1).mean(dim=(-1, -2)).flatten(1).amax(1)

@@ -21,7 +21,7 @@ def run(tmp_path_factory):
     data = make_category(root / "widget", train=10)
     out = root / "run"
     train(TrainConfig(data=str(data), out=str(out), max_steps=2, batch_size=2, image_size=32,
-                      recon_width=4, seg_width=4, validation_fraction=0.2))
+                      options={"recon_width": 4, "seg_width": 4}, validation_fraction=0.2))
     return out
 
 

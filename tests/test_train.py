@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from draem.cli import main
-from draem.engine import train as train_module
 from draem.engine.train import TrainConfig, epoch_batches, train
+from draem.methods.draem import model as draem_model
 
 TINY = ["--image-size", "32", "--recon-width", "4", "--seg-width", "4", "--batch-size", "2"]
 
 
 def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
     options = dict(data=str(data), out=str(out), max_steps=4, batch_size=2, image_size=32,
-                   recon_width=4, seg_width=4, checkpoint_every=1)
+                   options={"recon_width": 4, "seg_width": 4}, checkpoint_every=1)
     return TrainConfig(**(options | overrides))
 
 
@@ -34,7 +34,7 @@ def test_train_writes_a_complete_run_directory(category, tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("model.pt")
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["max_steps"] == 3 and config["train"]["seed"] == 0
-    assert config["train"]["simulation"]["beta_max"] == 0.8
+    assert config["train"]["method"] == "draem" and config["train"]["options"]["beta"] == "random"
     assert torch.__version__.startswith(config["versions"]["torch"])
     with (out / "losses.csv").open() as stream:
         rows = list(csv.DictReader(stream))
@@ -121,7 +121,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(category, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(category, tmp_path, monkeypatch, capsys):
-    real = train_module.draem_loss
+    real = draem_model.draem_loss
     calls = []
 
     def poisoned(*args, **kwargs):
@@ -131,7 +131,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(category, tmp_
             terms["total"] = terms["total"] * float("nan")
         return terms
 
-    monkeypatch.setattr(train_module, "draem_loss", poisoned)
+    monkeypatch.setattr(draem_model, "draem_loss", poisoned)
     out = tmp_path / "run"
     code = main(["train", "--data", str(category), "--out", str(out), "--max-steps", "5",
                  "--checkpoint-every", "1", *TINY])

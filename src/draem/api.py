@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ def _as_tensor(image: ImageInput) -> torch.Tensor:
 
 
 class Draem:
-    """A trained DRAEM run, ready to predict; `Draem.train` and `.test` run the CLI's jobs."""
+    """A trained run of any method, ready to predict; `Draem.train` and `.test` run the CLI's jobs."""
 
     def __init__(self, run_dir: str | Path, device: str = "auto", precision: str = "auto") -> None:
         self.run_dir = Path(run_dir)
@@ -64,9 +64,12 @@ class Draem:
         return cls(run_dir, device, precision)
 
     @classmethod
-    def train(cls, data: str | Path, out: str | Path, **options: object) -> Draem:
-        """Train like `draem train` (options as TrainConfig fields) and load the result."""
-        train(TrainConfig(data=str(data), out=str(out), **options))
+    def train(cls, data: str | Path, out: str | Path, method: str = "draem", **options: object) -> Draem:
+        """Train like `draem train`: options are TrainConfig fields or the method's own; load the result."""
+        engine = {f.name for f in fields(TrainConfig)}
+        own = {k: v for k, v in options.items() if k not in engine}
+        common = {k: v for k, v in options.items() if k in engine}
+        train(TrainConfig(data=str(data), out=str(out), method=method, options=own, **common))
         return cls(out)
 
     def test(self, data: str | Path, **options: object) -> dict:
@@ -81,7 +84,7 @@ class Draem:
         """Score one image (path, PIL image, HxW(x3) array or (3, H, W) tensor in [0, 1])."""
         original = _as_tensor(image)
         info = self.predictor.loaded.info
-        fitted, where = fit_to_square(original, info.image_size, info.fit)
+        fitted, where = fit_to_square(original, info.image_size, info.fit, info.resize)
         valid = valid_region(where, info.image_size)[None]
         result = results_for_batch(self.predictor, fitted[None], valid, [where])[0]
         return Prediction(result.score, result.normalized_score, result.defective,

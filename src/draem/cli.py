@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
+from draem import methods
 from draem.data.catalog import ALL
 from draem.data.demo import DEMO_DEFAULT_KINDS, DEMO_KINDS
+from draem.data.images import RESIZE_MODES
 from draem.engine.devices import PRECISIONS
 from draem.engine.inference import BACKENDS
 from draem.errors import DraemError
@@ -17,8 +21,50 @@ from draem.errors import DraemError
 log = logging.getLogger("draem")
 
 
-def _add_train(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("train", help="train DRAEM on the defect-free images of a category")
+class _Help(argparse.HelpFormatter):
+    """Help text with each option's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _add_method_options(parser: argparse.ArgumentParser, name: str) -> None:
+    """One flag per field of the method's options; unset flags stay None so the method's defaults apply."""
+    method = methods.get(name)
+    group = parser.add_argument_group(f"options of method {name} ({method.paper})")
+    hints = typing.get_type_hints(method.Options)
+    for item in dataclasses.fields(method.Options):
+        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        text = f"{item.metadata['help']} (default: {shown})".replace("%", "%%")
+        flag, kind = "--" + item.name.replace("_", "-"), hints[item.name]
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif kind == tuple[float, ...]:
+            group.add_argument(flag, type=float, nargs="+", help=text)
+        else:
+            group.add_argument(flag, type=kind, choices=item.metadata.get("choices"), help=text)
+
+
+def method_options(args: argparse.Namespace, name: str) -> dict:
+    """The method options given on the command line (removed from `args`)."""
+    given = {}
+    for item in dataclasses.fields(methods.get(name).Options):
+        value = vars(args).pop(item.name)
+        if value is not None:
+            given[item.name] = tuple(value) if isinstance(value, list) else value
+    return given
+
+
+def _add_train(commands: argparse._SubParsersAction, method: str = "draem") -> None:
+    p = commands.add_parser("train", help="train a method on the defect-free images of a category",
+                            formatter_class=_Help,
+                            description="Train a method (--method; `draem methods` lists them). "
+                                        "`draem train --method NAME --help` shows that method's options.")
+    p.add_argument("--method", default="draem", help="the method to train")
     p.add_argument("--data", help="dataset root or category folder: MVTec AD, DAGM 2007 or KolektorSDD2 "
                                   "layout (not needed with --resume)")
     p.add_argument("--category", help="category under --data; 'all' trains every category into --out/<name>")
@@ -26,21 +72,19 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                    help="with --category all under torchrun: one category per process")
     p.add_argument("--normal", help="instead of --data: a plain folder of defect-free images")
     p.add_argument("--out", required=True, help="run directory to create (or continue)")
-    p.add_argument("--epochs", type=int, default=700)
-    p.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=700, help="passes over the training images")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs); with "
+                                                 "--resume on a finished run, extends it")
+    p.add_argument("--batch-size", type=int, default=8, help="images per step (per process under torchrun)")
+    p.add_argument("--image-size", type=int, default=256, help="side of the square the images are fitted to")
     p.add_argument("--fit", choices=("resize", "pad"), default="resize",
                    help="squash images to a square (the paper) or pad to keep the aspect ratio")
-    p.add_argument("--recon-width", type=int, default=128, help="reconstructive base width")
-    p.add_argument("--seg-width", type=int, default=64, help="discriminative base width")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--resize", choices=RESIZE_MODES, default="antialias",
+                   help="antialiased bilinear (ours) or the authors' OpenCV bilinear without antialiasing")
     p.add_argument("--anomaly-source", help="folder of texture images (e.g. DTD); built-in if absent")
     p.add_argument("--source-colour", choices=("color", "gray", "auto"), default="color",
                    help="make anomaly sources grey ('auto': when the training images are grey)")
-    p.add_argument("--rotation-prob", type=float, default=0.3,
-                   help="probability of rotating a training image by up to 90 degrees (the authors: 0.3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16 autocast: several times faster on CPUs with AMX/AVX512-BF16 and on GPUs; "
@@ -57,6 +101,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                         "smaller for small defects)")
     p.add_argument("--sync-bn", dest="sync_batchnorm", action="store_true",
                    help="with torchrun: BatchNorm statistics over the whole global batch")
+    _add_method_options(p, method)
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -66,14 +111,13 @@ def _options(args: argparse.Namespace) -> dict:
 
 def _run_train(args: argparse.Namespace) -> None:
     from draem.engine.train import TrainConfig, train
-    from draem.synthesis.simulator import SimulationConfig
 
     if args.data is None and args.normal is None and not args.resume:
         raise DraemError("train: --data or --normal is required (unless --resume continues a run)")
+    given = method_options(args, args.method)
     options = _options(args)
-    simulation = SimulationConfig(image_rotation_prob=options.pop("rotation_prob"))
     parallel = options.pop("parallel_categories")
-    config = TrainConfig(**options, simulation=simulation)
+    config = TrainConfig(**options, options=given)
     if args.category == ALL:
         from draem.engine.suite import train_all
 
@@ -99,6 +143,9 @@ def _add_test(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="where metrics.json goes (default: the run directory)")
     p.add_argument("--score-window", type=int,
                    help="override the model's image-score window (its thresholds were calibrated with its own)")
+    p.add_argument("--resize", choices=RESIZE_MODES,
+                   help="override how images and masks are resized: antialias (ours) or authors (OpenCV "
+                        "bilinear without antialiasing, masks defective only where they stay 255)")
 
 
 def _run_test(args: argparse.Namespace) -> None:
@@ -183,18 +230,20 @@ def _run_data(args: argparse.Namespace) -> None:
     print(generate_demo_dataset(Path(args.out), seed=args.seed, image_size=args.image_size))
 
 
-def _add_import_official(commands: argparse._SubParsersAction) -> None:
+def _add_import_official(commands: argparse._SubParsersAction, method: str = "draem") -> None:
     p = commands.add_parser("import-official", help="turn the authors' released checkpoints into a run")
-    p.add_argument("--recon", required=True, help="reconstructive checkpoint (DRAEM_..._.pckl)")
-    p.add_argument("--seg", required=True, help="discriminative checkpoint (DRAEM_..._seg.pckl)")
+    p.add_argument("--method", default="draem", help="the method whose checkpoints these are")
+    for name, text in methods.get(method).official_files.items():
+        p.add_argument(f"--{name}", required=True, help=text)
     p.add_argument("--out", required=True, help="run directory to create")
-    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--image-size", type=int, default=256, help="side of the square images are fitted to")
 
 
 def _run_import_official(args: argparse.Namespace) -> None:
     from draem.deploy.official import import_official
 
-    print(import_official(args.recon, args.seg, args.out, args.image_size))
+    files = {name: getattr(args, name) for name in methods.get(args.method).official_files}
+    print(import_official(args.method, files, args.out, args.image_size))
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
@@ -235,19 +284,103 @@ COMMANDS = {"demo": (_add_demo, _run_demo), "train": (_add_train, _run_train), "
             "export": (_add_export, _run_export)}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of every command."""
-    parser = argparse.ArgumentParser(prog="draem", description="DRAEM surface-anomaly detection")
+def _add_methods(commands: argparse._SubParsersAction) -> None:
+    commands.add_parser("methods", help="list the methods, their papers and headline figures")
+
+
+def _run_methods(args: argparse.Namespace) -> None:
+    for name in methods.available():
+        method = methods.get(name)
+        print(f"{name:<10}{method.paper}\n{'':<10}{method.headline}")
+
+
+COMMANDS["methods"] = (_add_methods, _run_methods)
+
+
+def _setting(text: str) -> tuple[str, str]:
+    """KEY=VALUE of `--set`, dashes in KEY read as underscores."""
+    key, equals, value = text.partition("=")
+    if not (key and equals):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    return key.replace("-", "_"), value
+
+
+def _add_ablate(commands: argparse._SubParsersAction) -> None:
+    rows = ", ".join(row.name for row in methods.get("draem").ablation_rows)
+    p = commands.add_parser("ablate", help="train and test each row of a method's ablation table on one category",
+                            description="Reproduce a paper's ablation table (DRAEM: Table 3) on one category: each "
+                                        "row trains into --out/<row> (resumable) and is tested in fp32; writes "
+                                        "ablation.csv and ablation.md beside the paper's figures.")
+    p.add_argument("--data", required=True, help="dataset root or category folder (MVTec AD, DAGM 2007, "
+                                                 "KolektorSDD2 layout)")
+    p.add_argument("--category", help="category under --data")
+    p.add_argument("--out", required=True, help="folder for the rows' runs and the tables")
+    p.add_argument("--method", default="draem", help="the method whose ablation table to run")
+    p.add_argument("--rows", nargs="+", help=f"names of the rows to run (default: all; draem's: {rows})")
+    p.add_argument("--anomaly-source", help="folder of texture images (e.g. DTD) for the rows that use textures; "
+                                            "built-in if absent")
+    p.add_argument("--natural-images", help="folder of natural images (e.g. ImageNet) for the rows that use "
+                                            "them; without it those rows are reported as not run")
+    p.add_argument("--set", dest="settings", metavar="KEY=VALUE", type=_setting, action="append",
+                   help="a method option for every row whose method has it and does not vary it, e.g. "
+                        "recon_width=32 (repeatable)")
+    p.add_argument("--epochs", type=int, default=700, help="passes over the training images of each row")
+    p.add_argument("--max-steps", type=int, help="steps of each row (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per step")
+    p.add_argument("--image-size", type=int, default=256, help="side of the square the images are fitted to")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="training precision (testing is always fp32)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default: 0)")
+
+
+def _run_ablate(args: argparse.Namespace) -> None:
+    from draem.engine.ablate import AblationConfig, ablate
+
+    options = _options(args)
+    options["settings"] = dict(options["settings"] or [])
+    print(ablate(AblationConfig(**options)).read_text())
+
+
+COMMANDS["ablate"] = (_add_ablate, _run_ablate)
+
+
+def _method_in(argv: Sequence[str]) -> str:
+    """The --method value of a command line (default draem), before the full parse."""
+    for index, word in enumerate(argv):
+        if word == "--method" and index + 1 < len(argv):
+            return argv[index + 1]
+        if word.startswith("--method="):
+            return word.split("=", 1)[1]
+    return "draem"
+
+
+def build_parser(method: str = "draem") -> argparse.ArgumentParser:
+    """The parser of every command; `train` carries the options of `method`."""
+    parser = argparse.ArgumentParser(prog="draem", description="Surface-anomaly detection: DRAEM and its family",
+                                     formatter_class=_Help)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add, _ in COMMANDS.values():
-        add(commands)
+    for name, (add, _) in COMMANDS.items():
+        if name in ("train", "import-official"):
+            add(commands, method)
+        else:
+            add(commands)
+    for choice in commands.choices.values():
+        choice.formatter_class = _Help
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `draem` console script."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(_method_in(argv))
+    except DraemError as exc:
+        print(f"draem: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("draem: %(message)s"))
     log.handlers[:] = [handler]

@@ -1,4 +1,4 @@
-"""DRAEM's training losses: SSIM, focal loss on softmax probabilities, and their sum with L2."""
+"""Losses and similarity maps shared by the methods: SSIM, focal loss, multi-scale gradient-magnitude similarity."""
 
 from __future__ import annotations
 
@@ -58,16 +58,36 @@ def focal_loss(probabilities: torch.Tensor, mask: torch.Tensor, gamma: float = 2
     return (-((1 - p_t) ** gamma) * torch.log(p_t)).mean()
 
 
-def draem_loss(reconstruction: torch.Tensor, target: torch.Tensor, logits: torch.Tensor,
-               mask: torch.Tensor, ssim_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    """L2 + ssim_weight * (1 - SSIM) on the reconstruction, focal on the segmentation.
+GMS_CONSTANT = 0.0026
+GMS_SCALES = 4
 
-    Computed in the target's precision (fp32 under bf16 autocast)."""
-    reconstruction, logits = reconstruction.to(target.dtype), logits.to(target.dtype)
-    terms = {
-        "l2": F.mse_loss(reconstruction, target),
-        "ssim": 1 - ssim(reconstruction, target),
-        "focal": focal_loss(torch.softmax(logits, dim=1), mask),
-    }
-    terms["total"] = terms["l2"] + ssim_weight * terms["ssim"] + terms["focal"]
-    return terms
+
+def gradient_magnitude(grey: torch.Tensor) -> torch.Tensor:
+    """Prewitt gradient magnitude (B, 1, H, W) of grey images, zero padding."""
+    prewitt = torch.tensor([[1.0, 0.0, -1.0]] * 3, device=grey.device, dtype=grey.dtype) / 3
+    kernels = torch.stack([prewitt, prewitt.T])[:, None]
+    gradients = F.conv2d(grey, kernels, padding=1)
+    return torch.sqrt((gradients**2).sum(dim=1, keepdim=True) + 1e-12)
+
+
+def msgms_map(x: torch.Tensor, y: torch.Tensor, scales: int = GMS_SCALES,
+              c: float = GMS_CONSTANT) -> torch.Tensor:
+    """Multi-scale gradient-magnitude similarity (B, H, W) of two batches (B, C, H, W).
+
+    Images are averaged over channels; at each scale (halved by 2x2 average pooling) the similarity
+    (2 g1 g2 + c) / (g1^2 + g2^2 + c) is upsampled bilinearly to full size; the scales are averaged.
+    """
+    grey_x, grey_y = x.mean(dim=1, keepdim=True), y.mean(dim=1, keepdim=True)
+    total = torch.zeros_like(grey_x)
+    for scale in range(scales):
+        if scale:
+            grey_x, grey_y = F.avg_pool2d(grey_x, 2), F.avg_pool2d(grey_y, 2)
+        g_x, g_y = gradient_magnitude(grey_x), gradient_magnitude(grey_y)
+        similarity = (2 * g_x * g_y + c) / (g_x**2 + g_y**2 + c)
+        total = total + F.interpolate(similarity, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return (total / scales)[:, 0]
+
+
+def msgms_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 - the mean multi-scale gradient-magnitude similarity."""
+    return 1 - msgms_map(x, y).mean()

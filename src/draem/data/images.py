@@ -63,6 +63,17 @@ def read_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
+def unreadable_images(paths: list[Path]) -> list[str]:
+    """'file: reason' for every file among `paths` that does not decode completely."""
+    problems = []
+    for path in paths:
+        try:
+            _decode(path)
+        except DraemError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def read_mask(path: str | Path) -> torch.Tensor:
     """Decode a mask file to a float32 tensor (1, H, W) in [0, 1] (any non-grey mode is averaged)."""
     path = Path(path)
@@ -85,6 +96,9 @@ class Placement:
 
 
 FIT_MODES = ("resize", "pad")
+RESIZE_MODES = ("antialias", "authors")
+"""antialias: bilinear with antialiasing when shrinking; authors: bilinear without it, as OpenCV's
+INTER_LINEAR in the authors' code, and a mask pixel counts as defective only where it stays 255."""
 
 
 def placement(height: int, width: int, size: int, fit: str) -> Placement:
@@ -99,26 +113,33 @@ def placement(height: int, width: int, size: int, fit: str) -> Placement:
     raise ValueError(f"unknown fit mode {fit!r}; expected one of {FIT_MODES}")
 
 
-def resize(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear, antialiased resize of a (C, H, W) or (B, C, H, W) float tensor."""
+def resize(tensor: torch.Tensor, height: int, width: int, mode: str = "antialias") -> torch.Tensor:
+    """Bilinear resize of a (C, H, W) or (B, C, H, W) float tensor, antialiased when shrinking unless
+    `mode` is 'authors'."""
     if tuple(tensor.shape[-2:]) == (height, width):
         return tensor
     batched = tensor if tensor.dim() == 4 else tensor[None]
-    antialias = height < batched.shape[-2] or width < batched.shape[-1]
+    antialias = mode == "antialias" and (height < batched.shape[-2] or width < batched.shape[-1])
     out = F.interpolate(batched, size=(height, width), mode="bilinear", align_corners=False,
                         antialias=antialias)
     return out if tensor.dim() == 4 else out[0]
 
 
-def fit_to_square(tensor: torch.Tensor, size: int, fit: str) -> tuple[torch.Tensor, Placement]:
+def fit_to_square(tensor: torch.Tensor, size: int, fit: str, mode: str = "antialias"
+                  ) -> tuple[torch.Tensor, Placement]:
     """Resize a (C, H, W) tensor into a size x size square; `pad` keeps the aspect ratio."""
     where = placement(tensor.shape[-2], tensor.shape[-1], size, fit)
-    inner = resize(tensor, where.inner_height, where.inner_width)
+    inner = resize(tensor, where.inner_height, where.inner_width, mode)
     if fit == "resize":
         return inner, where
     pad = (where.left, size - where.left - where.inner_width, where.top,
            size - where.top - where.inner_height)
     return F.pad(inner[None], pad, mode="replicate")[0], where
+
+
+def binary_mask(mask: torch.Tensor, mode: str = "antialias") -> torch.Tensor:
+    """Defective pixels of a resized mask in [0, 1]: at least half (ours) or still 255 (the authors')."""
+    return mask >= (254.5 / 255 if mode == "authors" else 0.5)
 
 
 def valid_region(where: Placement, size: int) -> torch.Tensor:

@@ -12,7 +12,6 @@ from torch import nn
 from draem.engine.run import LoadedModel, load_model
 from draem.errors import DraemError
 from draem.files import write_bytes
-from draem.models.draem import anomaly_map_and_score
 
 log = logging.getLogger("draem")
 
@@ -32,8 +31,7 @@ class InferenceGraph(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.bgr:
             images = images[:, [2, 1, 0]]
-        _, logits = self.model(images)
-        return anomaly_map_and_score(logits, window=self.window)
+        return self.model.predict(images, window=self.window)
 
 
 def _require_onnx() -> None:

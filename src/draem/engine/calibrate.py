@@ -111,7 +111,7 @@ def recalibrate(run: str | Path, data: str | Path, category: str | None = None, 
     """F1-optimal thresholds from a labelled validation set (its test split); saved into the model."""
     loaded = load_model(run)
     samples = open_dataset(data, category).test_samples()
-    images = LabelledImages(samples, loaded.info.image_size, loaded.info.fit)
+    images = LabelledImages(samples, loaded.info.image_size, loaded.info.fit, loaded.info.resize)
     loader = DataLoader(images, batch_size=batch_size, num_workers=workers)
     thresholds = calibrate_with_labelled_images(Predictor(loaded, resolve_device(device), precision), loader)
     loaded.info.thresholds = thresholds.as_dict()

@@ -58,12 +58,14 @@ def run_demo(config: DemoConfig) -> list[Path]:
         if data_changed and run.exists():
             log.info("demo: the data changed; training %s again", kind)
             shutil.rmtree(run)
-        log.info("demo: training on %s", kind)
-        train(TrainConfig(data=str(data), category=kind, out=str(run), max_steps=config.steps,
-                          batch_size=config.batch_size, image_size=config.image_size,
-                          recon_width=config.recon_width, seg_width=config.seg_width, lr=config.lr,
-                          score_window=config.score_window, seed=config.seed, device=config.device,
-                          precision=config.precision, resume=True))
+        if not RunFiles(run).model.exists():
+            log.info("demo: training on %s", kind)
+            train(TrainConfig(data=str(data), category=kind, out=str(run), max_steps=config.steps,
+                              batch_size=config.batch_size, image_size=config.image_size,
+                              options={"recon_width": config.recon_width, "seg_width": config.seg_width,
+                                       "lr": config.lr},
+                              score_window=config.score_window, seed=config.seed, device=config.device,
+                              precision=config.precision, resume=True))
         metrics = evaluate(EvaluationConfig(run=str(run), data=str(data), category=kind,
                                             device=config.device, precision=config.precision))
         print(f"\n{kind}\n{format_table(metrics)}")

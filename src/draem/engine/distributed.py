@@ -57,6 +57,23 @@ class Cluster:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def broadcast(self, model: nn.Module) -> None:
+        """Give every process rank 0's parameters and buffers."""
+        if self.world > 1:
+            for tensor in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+    def average_gradients(self, parameters: list[nn.Parameter]) -> None:
+        """Replace each gradient by its mean over all processes (one flat all-reduce)."""
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if self.world == 1 or not grads:
+            return
+        flat = torch.cat([g.flatten() for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        for grad, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+            grad.copy_(part.view_as(grad))
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()

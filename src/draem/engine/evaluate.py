@@ -23,6 +23,7 @@ from draem.files import write_json, write_text
 from draem.metrics import PixelScores, auroc, average_precision, f1_max
 from draem.report.content import Example, PixelCurve, ReportContent
 from draem.report.html import write_report
+from draem.scoring import check_window
 
 log = logging.getLogger("draem")
 
@@ -46,6 +47,7 @@ class EvaluationConfig:
     workers: int = 0
     out: str | None = None
     score_window: int | None = None
+    resize: str | None = None
 
 
 def image_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -102,12 +104,14 @@ def evaluate(config: EvaluationConfig) -> dict:
     """Score every test image; write metrics.json, scores.csv and report.html; return the metrics."""
     loaded = load_model(config.run)
     if config.score_window is not None:
-        loaded.info.score_window = config.score_window
+        loaded.info.score_window = check_window(config.score_window)
+    if config.resize is not None:
+        loaded.info.resize = config.resize
     dataset = select_dataset(config.data, config.category, config.normal, config.abnormal, config.masks,
                              trained_on=training_folder(loaded.path.parent))
     samples = dataset.test_samples()
     predictor = Predictor(loaded, resolve_device(config.device), config.precision)
-    images = LabelledImages(samples, loaded.info.image_size, loaded.info.fit)
+    images = LabelledImages(samples, loaded.info.image_size, loaded.info.fit, loaded.info.resize)
     loader = DataLoader(images, batch_size=config.batch_size, num_workers=config.workers)
     has_masks = all(s.mask_path is not None for s in samples if s.defect_type != GOOD)
     if not has_masks:
@@ -133,8 +137,10 @@ def evaluate(config: EvaluationConfig) -> dict:
         return {"images": int(chosen.sum()), **image_metrics(image_scores[chosen], labels[chosen]), **pixel}
 
     metrics = {
-        "run": str(loaded.path), "data": str(dataset.root), "category": dataset.name,
+        "run": str(loaded.path), "method": loaded.info.method, "options": loaded.info.options,
+        "data": str(dataset.root), "category": dataset.name,
         "precision": predictor.precision, "score_window": loaded.info.score_window,
+        "resize": loaded.info.resize,
         "overall": group_metrics([GOOD, *types]),
         "defect_types": {t: group_metrics([GOOD, t]) for t in types},
     }
@@ -153,7 +159,7 @@ def evaluate(config: EvaluationConfig) -> dict:
     pixel_threshold = thresholds["pixel"] if thresholds else None
     chosen = pick_examples(image_scores, labels, image_threshold)
     content = ReportContent(
-        title=f"DRAEM on {dataset.name}", metrics=metrics, image_scores=image_scores.numpy(),
+        title=f"{loaded.info.method.upper()} on {dataset.name}", metrics=metrics, image_scores=image_scores.numpy(),
         labels=labels.numpy(), defect_types=[s.defect_type for s in samples], thresholds=thresholds,
         pixel_curve=pixel_curve(pixels) if has_masks else None,
         **{name: _examples(predictor, images, indices, name.replace("_", " ")[:-1], pixel_threshold)

@@ -11,7 +11,7 @@ import torch
 from draem.engine.devices import autocast, resolve_precision
 from draem.engine.run import LoadedModel
 from draem.errors import DraemError
-from draem.models.draem import anomaly_map_and_score, image_score
+from draem.scoring import image_score
 
 log = logging.getLogger("draem")
 
@@ -59,11 +59,10 @@ class Predictor:
         if self.loaded.info.channel_order == "BGR":
             images = images.flip(1)
         images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.precision):
-            _, logits = self.model(images)
         if valid is not None:
             valid = valid.to(self.device)
-        return anomaly_map_and_score(logits, valid, self.loaded.info.score_window)
+        with autocast(self.device, self.precision):
+            return self.model.predict(images, valid, self.loaded.info.score_window)
 
     def run(self, batches: Iterable[dict[str, torch.Tensor]]
             ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]]:

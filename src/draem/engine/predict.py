@@ -83,8 +83,8 @@ def expand_inputs(inputs: Sequence[str]) -> list[InputImage]:
 class PredictImages(Dataset):
     """Input images -> fitted tensor, valid region, original image and placement; errors as text."""
 
-    def __init__(self, images: Sequence[InputImage], size: int, fit: str) -> None:
-        self.images, self.size, self.fit = list(images), size, fit
+    def __init__(self, images: Sequence[InputImage], size: int, fit: str, resize: str = "antialias") -> None:
+        self.images, self.size, self.fit, self.resize = list(images), size, fit, resize
 
     def __len__(self) -> int:
         return len(self.images)
@@ -94,7 +94,7 @@ class PredictImages(Dataset):
             original = read_image(self.images[index].path)
         except DraemError as exc:
             return {"index": index, "error": str(exc)}
-        fitted, where = fit_to_square(original, self.size, self.fit)
+        fitted, where = fit_to_square(original, self.size, self.fit, self.resize)
         return {"index": index, "image": fitted, "valid": valid_region(where, self.size),
                 "original": original, "placement": where}
 
@@ -172,7 +172,7 @@ def predict(config: PredictConfig) -> tuple[int, int]:
                     loaded.path)
     predictor = Predictor(loaded, resolve_device(config.device), config.precision, config.backend)
     out = Path(config.out)
-    loader = DataLoader(PredictImages(images, loaded.info.image_size, loaded.info.fit),
+    loader = DataLoader(PredictImages(images, loaded.info.image_size, loaded.info.fit, loaded.info.resize),
                         batch_size=config.batch_size, num_workers=config.workers, collate_fn=collate)
     done = failed = 0
     with atomic_open(out / "predictions.csv") as csv_stream, atomic_open(out / "predictions.json") as js:

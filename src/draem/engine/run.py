@@ -5,18 +5,20 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from draem import methods
 from draem.errors import DraemError
 from draem.files import save_torch
-from draem.models import DraemModel
-from draem.models.draem import IMAGE_SCORE_WINDOW
+from draem.methods.base import AnomalyModel
+from draem.scoring import IMAGE_SCORE_WINDOW
 
-MODEL_FORMAT = "draem-model/1"
+MODEL_FORMAT = "draem-model/2"
+FIRST_MODEL_FORMAT = "draem-model/1"
 
 
 @dataclass(frozen=True)
@@ -52,22 +54,28 @@ class RunFiles:
 
 @dataclass
 class ModelInfo:
-    """What inference needs besides the weights: widths, input geometry, channel order, thresholds."""
+    """What inference needs besides the weights: the method and its options, input geometry, thresholds."""
 
-    recon_width: int
-    seg_width: int
+    method: str
+    options: dict[str, Any]
     image_size: int
     fit: str = "resize"
     channel_order: str = "RGB"
     score_window: int = IMAGE_SCORE_WINDOW
+    resize: str = "antialias"
     thresholds: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: AnomalyModel, image_size: int, **settings: Any) -> ModelInfo:
+        """The info of a built model."""
+        return cls(model.name, asdict(model.options), image_size, **settings)
 
 
 @dataclass
 class LoadedModel:
     """A model ready for inference together with its metadata and file."""
 
-    model: DraemModel
+    model: AnomalyModel
     info: ModelInfo
     path: Path
 
@@ -91,35 +99,60 @@ def versions() -> dict[str, str]:
     return found
 
 
-def save_model(path: Path, model: DraemModel, info: ModelInfo) -> None:
+def save_model(path: Path, model: AnomalyModel, info: ModelInfo) -> None:
     """Write the inference model atomically: weights (fp32, CPU) plus metadata."""
     state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
              for k, v in model.state_dict().items()}
-    save_torch(path, {"format": MODEL_FORMAT, "info": vars(info), "state_dict": state})
+    save_torch(path, {"format": MODEL_FORMAT, "info": asdict(info), "state_dict": state})
 
 
 def check_state_dict(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path,
-                     widths: str) -> None:
+                     what: str) -> None:
     """Raise a one-line DraemError when `state` does not have exactly the expected keys and shapes."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         first = missing[0] if missing else unexpected[0]
         kind = "missing" if missing else "unexpected"
-        raise DraemError(f"{path}: not a DRAEM checkpoint of this architecture "
+        raise DraemError(f"{path}: not a checkpoint of {what} "
                          f"({len(missing)} missing, {len(unexpected)} unexpected keys; {kind}: {first})")
     for key, value in expected.items():
         if state[key].shape != value.shape:
             raise DraemError(f"{path}: weight {key} has shape {tuple(state[key].shape)}, "
-                             f"expected {tuple(value.shape)} for widths {widths}")
+                             f"expected {tuple(value.shape)} for {what}")
 
 
-def build_model(state_dict: dict[str, torch.Tensor], info: ModelInfo, path: Path) -> DraemModel:
-    """A DraemModel of the recorded widths with these weights; a clear error when they do not fit."""
-    model = DraemModel(info.recon_width, info.seg_width)
-    check_state_dict(model.state_dict(), state_dict, path, f"{info.recon_width}/{info.seg_width}")
+def build_model(method: str, options: dict[str, Any], path: Path) -> AnomalyModel:
+    """A fresh model of a method with saved options; a one-line error when they are not valid."""
+    cls = methods.get(method)
+    try:
+        parsed = cls.Options.from_dict(options)
+    except DraemError as exc:
+        raise DraemError(f"{path}: {exc}") from exc
+    except TypeError as exc:
+        raise DraemError(f"{path}: options do not fit method {method} ({exc})") from exc
+    return cls(parsed)
+
+
+def describe(model: AnomalyModel) -> str:
+    """A method and its non-default options in a few words, for error messages."""
+    changed = {k: v for k, v in asdict(model.options).items() if v != getattr(type(model.options)(), k)}
+    return model.name + "".join(f" {k}={v}" for k, v in changed.items())
+
+
+def model_with_weights(state_dict: dict[str, torch.Tensor], info: ModelInfo, path: Path) -> AnomalyModel:
+    """The recorded method's model with these weights; a clear error when they do not fit."""
+    model = build_model(info.method, info.options, path)
+    check_state_dict(model.state_dict(), state_dict, path, describe(model))
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
+
+
+def _upgrade(payload: dict[str, Any]) -> dict[str, Any]:
+    """A draem-model/1 file's info (DRAEM widths) in today's form."""
+    info = dict(payload["info"])
+    widths = {"recon_width": info.pop("recon_width"), "seg_width": info.pop("seg_width")}
+    return {**info, "method": "draem", "options": widths}
 
 
 def read_torch_file(path: Path) -> Any:
@@ -141,7 +174,10 @@ def load_model(run_dir: str | Path) -> LoadedModel:
         raise DraemError(f"{path}: run has not finished training; continue it with "
                          f"`draem train --resume --out {run_dir} ...`")
     payload = read_torch_file(path)
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in (MODEL_FORMAT, FIRST_MODEL_FORMAT):
         raise DraemError(f"{path}: not a draem model file (expected format {MODEL_FORMAT})")
-    info = ModelInfo(**payload["info"])
-    return LoadedModel(build_model(payload["state_dict"], info, path), info, path)
+    try:
+        info = ModelInfo(**(_upgrade(payload) if payload["format"] == FIRST_MODEL_FORMAT else payload["info"]))
+    except (KeyError, TypeError) as exc:
+        raise DraemError(f"{path}: damaged model file (its metadata does not parse: {exc})") from exc
+    return LoadedModel(model_with_weights(payload["state_dict"], info, path), info, path)

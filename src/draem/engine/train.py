@@ -1,26 +1,26 @@
-"""Train DRAEM on defect-free images: the whole loop, checkpoints and resumption."""
+"""Train any registered method on defect-free images: the whole loop, checkpoints and resumption."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
-import math
 import signal
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from draem import methods
 from draem.data.catalog import select_dataset
 from draem.data.datasets import TrainImages
-from draem.data.images import FIT_MODES, read_image
+from draem.data.images import FIT_MODES, RESIZE_MODES, read_image, unreadable_images
 from draem.engine.calibrate import Thresholds, calibrate_with_simulated_defects
 from draem.engine.devices import autocast, resolve_device, resolve_precision
 from draem.engine.distributed import Cluster, require_equal_shards, synchronise_batchnorm
@@ -28,26 +28,26 @@ from draem.engine.inference import Predictor
 from draem.engine.run import LoadedModel, ModelInfo, RunFiles, read_torch_file, save_model, versions
 from draem.errors import DraemError
 from draem.files import save_torch, write_json, write_text
-from draem.losses import draem_loss
-from draem.models import DraemModel
-from draem.models.draem import IMAGE_SCORE_WINDOW
-from draem.synthesis.simulator import SimulationConfig, simulate_anomalies
-from draem.synthesis.sources import list_texture_images, procedural_textures
+from draem.methods.base import AnomalyModel, Stage, TrainBatch, split_steps
+from draem.scoring import IMAGE_SCORE_WINDOW, check_window
+from draem.synthesis.simulator import SimulationConfig
+from draem.synthesis.sources import grey_sources, list_texture_images, procedural_textures
 
 log = logging.getLogger("draem")
 
 SOURCE_COLOURS = ("color", "gray", "auto")
 MAX_CALIBRATION_IMAGES = 256
-LOSS_TERMS = ("l2", "ssim", "focal", "total")
-LOSS_COLUMNS = ("step", "epoch", "lr", *LOSS_TERMS, "images_per_s")
+PATH_SETTINGS = ("data", "out", "normal", "anomaly_source")
 
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run; saved whole into the run directory."""
+    """Every setting of a training run (the method's own in `options`); saved whole into the run directory."""
 
     data: str | None
     out: str
+    method: str = "draem"
+    options: dict[str, Any] = field(default_factory=dict)
     category: str | None = None
     normal: str | None = None
     epochs: int = 700
@@ -55,11 +55,7 @@ class TrainConfig:
     batch_size: int = 8
     image_size: int = 256
     fit: str = "resize"
-    recon_width: int = 128
-    seg_width: int = 64
-    lr: float = 1e-4
-    lr_milestones: tuple[float, ...] = (0.8, 0.9)
-    lr_gamma: float = 0.2
+    resize: str = "antialias"
     anomaly_source: str | None = None
     source_colour: str = "color"
     seed: int = 0
@@ -72,18 +68,21 @@ class TrainConfig:
     sync_batchnorm: bool = False
     score_window: int = IMAGE_SCORE_WINDOW
     resume: bool = False
-    simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """Rebuild a config saved with dataclasses.asdict."""
-        values = dict(values, simulation=SimulationConfig(**values["simulation"]),
-                      lr_milestones=tuple(values["lr_milestones"]))
         return cls(**values)
+
+    def absolute(self) -> TrainConfig:
+        """The same settings with every path made absolute, as they are saved."""
+        return replace(self, **{name: str(Path(getattr(self, name)).absolute())
+                                for name in PATH_SETTINGS if getattr(self, name) is not None})
 
 
 def resumed_config(config: TrainConfig) -> TrainConfig:
-    """With --resume, the run's saved settings win; only device and workers may change."""
+    """With --resume, the run's saved settings win, except the run's place (--out), device, workers,
+    a moved dataset (--data / --normal) and a longer --max-steps."""
     files = RunFiles(Path(config.out))
     if not config.resume or not files.config.exists():
         return config
@@ -91,40 +90,54 @@ def resumed_config(config: TrainConfig) -> TrainConfig:
         saved = TrainConfig.from_dict(json.loads(files.config.read_text())["train"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DraemError(f"{files.config}: cannot read the run's saved settings ({exc})") from exc
-    return replace(saved, device=config.device, workers=config.workers, resume=True)
+    moved = {"data": config.data, "normal": config.normal} if config.data or config.normal else {}
+    steps = {"max_steps": config.max_steps} if config.max_steps is not None else {}
+    return replace(saved, out=config.out, device=config.device, workers=config.workers, resume=True,
+                   **moved, **steps)
 
 
-def _check(config: TrainConfig) -> None:
+def _check(config: TrainConfig, method: type[AnomalyModel]) -> None:
     positive = {"--epochs": config.epochs, "--batch-size": config.batch_size,
-                "--image-size": config.image_size, "--recon-width": config.recon_width,
-                "--seg-width": config.seg_width, "--checkpoint-every": config.checkpoint_every,
-                "--score-window": config.score_window}
+                "--image-size": config.image_size, "--checkpoint-every": config.checkpoint_every}
     for flag, value in positive.items():
         if value < 1:
             raise DraemError(f"{flag} {value}: must be at least 1")
+    check_window(config.score_window)
     if config.max_steps is not None and config.max_steps < 1:
         raise DraemError(f"--max-steps {config.max_steps}: must be at least 1")
-    if config.image_size % 32:
-        raise DraemError(f"--image-size {config.image_size}: must be a multiple of 32 "
-                         "(the discriminative network halves it five times)")
+    if config.image_size % method.size_multiple:
+        raise DraemError(f"--image-size {config.image_size}: must be a multiple of {method.size_multiple} "
+                         f"for method {method.name}")
     if not 0 <= config.validation_fraction < 1:
         raise DraemError(f"--validation-fraction {config.validation_fraction}: must be in [0, 1)")
     if config.source_colour not in SOURCE_COLOURS:
         raise DraemError(f"--source-colour {config.source_colour}: expected one of "
                          f"{', '.join(SOURCE_COLOURS)}")
+    if config.resize not in RESIZE_MODES:
+        raise DraemError(f"--resize {config.resize}: expected one of {', '.join(RESIZE_MODES)}")
     if config.fit not in FIT_MODES:
         raise DraemError(f"--fit {config.fit}: expected one of {', '.join(FIT_MODES)}")
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise DraemError(f"{out}: --out names a file; it must be a run directory")
 
 
 def with_source_colour(config: TrainConfig, paths: list[Path]) -> TrainConfig:
-    """Resolve --source-colour: 'auto' makes anomaly sources grey when the first images are grey."""
-    grey = config.source_colour == "gray"
-    if config.source_colour == "auto":
-        grey = all(bool((image[0] == image[1]).all() and (image[1] == image[2]).all())
-                   for image in map(read_image, paths[:8]))
-        log.info("training images are %s: anomaly sources are %s", "grey" if grey else "in colour",
-                 "made grey" if grey else "kept in colour")
-    return replace(config, simulation=replace(config.simulation, grayscale_sources=grey))
+    """Resolve --source-colour 'auto': 'gray' when the first training images are grey, else 'color'."""
+    if config.source_colour != "auto":
+        return config
+    grey = all(bool((image[0] == image[1]).all() and (image[1] == image[2]).all())
+               for image in map(read_image, paths[:8]))
+    log.info("training images are %s: anomaly sources are %s", "grey" if grey else "in colour",
+             "made grey" if grey else "kept in colour")
+    return replace(config, source_colour="gray" if grey else "color")
+
+
+def require_readable(paths: list[Path]) -> None:
+    """Decode every image before step 1; one line listing all that fail."""
+    problems = unreadable_images(paths)
+    if problems:
+        raise DraemError(f"{len(problems)} of {len(paths)} images cannot be read: " + "; ".join(problems))
 
 
 def split_validation(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -136,19 +149,21 @@ def split_validation(paths: list[Path], fraction: float, seed: int) -> tuple[lis
             [p for i, p in enumerate(paths) if i in held_out])
 
 
-def calibrate_after_training(model: DraemModel, info: ModelInfo, config: TrainConfig, images: list[Path],
+def calibrate_after_training(model: AnomalyModel, info: ModelInfo, config: TrainConfig, images: list[Path],
                              textures: list[Path], device: torch.device) -> Thresholds:
     """Thresholds from held-out normal images and simulated defects on them."""
     images = images[:MAX_CALIBRATION_IMAGES]
     generator = torch.Generator().manual_seed(config.seed)
     picks = torch.randint(0, max(len(textures), 1), (len(images),), generator=generator).tolist()
-    dataset = TrainImages(images, config.image_size, config.fit, textures)
+    dataset = TrainImages(images, config.image_size, config.fit, textures, config.resize)
     items = [dataset[(i, t)] for i, t in enumerate(picks)]
     batch = torch.stack([item["image"] for item in items])
     sources = (torch.stack([item["source"] for item in items]) if textures
                else procedural_textures(len(images), config.image_size, generator))
+    if config.source_colour == "gray":
+        sources = grey_sources(sources)
     predictor = Predictor(LoadedModel(model, info, Path(config.out)), device)
-    return calibrate_with_simulated_defects(predictor, batch, sources, config.simulation, config.seed)
+    return calibrate_with_simulated_defects(predictor, batch, sources, SimulationConfig(), config.seed)
 
 
 def epoch_batches(images: int, textures: int, batch_size: int, seed: int, epoch: int,
@@ -202,15 +217,17 @@ class StopRequest:
 class LossLog:
     """losses.csv (trimmed to the resumed step), TensorBoard when installed, and the progress bar."""
 
-    def __init__(self, files: RunFiles, step: int, total_steps: int, enabled: bool = True) -> None:
-        self.enabled = enabled
+    def __init__(self, files: RunFiles, terms: tuple[str, ...], step: int, total_steps: int,
+                 enabled: bool = True) -> None:
+        self.enabled, self.terms = enabled, terms
         if not enabled:
             return
+        columns = ["step", "epoch", "stage", "lr", *terms, "images_per_s"]
         rows: list[list[str]] = []
         if step and files.losses.exists():
             with files.losses.open(newline="") as stream:
                 rows = [r for r in list(csv.reader(stream))[1:] if r and int(r[0]) <= step]
-        write_text(files.losses, "\n".join(",".join(r) for r in [list(LOSS_COLUMNS), *rows]) + "\n")
+        write_text(files.losses, "\n".join(",".join(r) for r in [columns, *rows]) + "\n")
         self.stream = files.losses.open("a", newline="", buffering=1)
         self.writer = csv.writer(self.stream)
         try:
@@ -222,20 +239,20 @@ class LossLog:
         self.progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
         self.last = time.perf_counter()
 
-    def record(self, step: int, epoch: int, lr: float, losses: dict[str, float], images: int) -> None:
+    def record(self, step: int, epoch: int, stage: str, lr: float, losses: dict[str, float], images: int) -> None:
         """Log one finished step; images/s counts every process's images."""
         if not self.enabled:
             return
         now = time.perf_counter()
         rate, self.last = images / (now - self.last), now
-        terms = [f"{losses[k]:.6f}" for k in LOSS_TERMS]
-        self.writer.writerow([step, epoch, f"{lr:.6g}", *terms, f"{rate:.3f}"])
+        cells = [f"{losses[k]:.6f}" if k in losses else "" for k in self.terms]
+        self.writer.writerow([step, epoch, stage, f"{lr:.6g}", *cells, f"{rate:.3f}"])
         if self.board is not None:
             for name, value in losses.items():
                 self.board.add_scalar(f"loss/{name}", value, step)
         self.progress.update(1)
-        self.progress.set_postfix(l2=f"{losses['l2']:.4f}", ssim=f"{losses['ssim']:.4f}",
-                                  focal=f"{losses['focal']:.4f}", img_s=f"{rate:.1f}")
+        shown = {k: f"{v:.4f}" for k, v in list(losses.items())[:4]}
+        self.progress.set_postfix(**shown, img_s=f"{rate:.1f}")
 
     def __enter__(self) -> LossLog:
         return self
@@ -248,11 +265,11 @@ class LossLog:
                 self.board.close()
 
 
-def _source_batch(batch: dict[str, torch.Tensor], size: int, generator: torch.Generator,
+def _source_batch(batch: dict[str, torch.Tensor], config: TrainConfig, generator: torch.Generator,
                   device: torch.device) -> torch.Tensor:
-    if "source" in batch:
-        return batch["source"].to(device, non_blocking=True)
-    return procedural_textures(batch["image"].shape[0], size, generator, device)
+    sources = (batch["source"].to(device, non_blocking=True) if "source" in batch
+               else procedural_textures(batch["image"].shape[0], config.image_size, generator, device))
+    return grey_sources(sources) if config.source_colour == "gray" else sources
 
 
 def _batches(dataset: TrainImages, config: TrainConfig, cluster: Cluster, textures: int, epoch: int,
@@ -264,39 +281,68 @@ def _batches(dataset: TrainImages, config: TrainConfig, cluster: Cluster, textur
     return iter(DataLoader(dataset, batch_sampler=shards, num_workers=config.workers))
 
 
+def activate(model: AnomalyModel, stage: Stage) -> None:
+    """Train mode and gradients for the stage's trainable modules only; everything else frozen in eval mode."""
+    model.requires_grad_(False).eval()
+    for module in stage.trainable:
+        module.requires_grad_(True).train()
+
+
+def _stage_state(stages: list[Stage]) -> dict[str, dict[str, Any]]:
+    return {"optimizers": {f"{s.name}/{n}": o.state_dict() for s in stages for n, o in s.optimizers.items()},
+            "schedulers": {f"{s.name}/{i}": c.state_dict() for s in stages for i, c in enumerate(s.schedulers)}}
+
+
+def _load_stage_state(stages: list[Stage], state: dict[str, Any]) -> None:
+    for stage in stages:
+        for name, optimizer in stage.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][f"{stage.name}/{name}"])
+        for index, scheduler in enumerate(stage.schedulers):
+            scheduler.load_state_dict(state["schedulers"][f"{stage.name}/{index}"])
+
+
+def prepare(config: TrainConfig) -> tuple[TrainConfig, type[AnomalyModel]]:
+    """The run's settings, resumed and validated, with the method's options complete."""
+    config = resumed_config(config).absolute()
+    method = methods.get(config.method)
+    options = method.Options.from_dict(config.options)
+    options.validate()
+    _check(config, method)
+    return replace(config, options=asdict(options)), method
+
+
 def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
     """Train a model as `config` says and return the path of the saved model.
 
     Under torchrun the processes train one model together unless a single-process `cluster` is given.
     """
-    config = resumed_config(config)
-    _check(config)
+    config, method = prepare(config)
     files = RunFiles(Path(config.out))
     all_paths = select_dataset(config.data, config.category, config.normal).train_images()
+    textures = list_texture_images(config.anomaly_source) if config.anomaly_source else []
+    require_readable(all_paths + textures)
     config = with_source_colour(config, all_paths)
     paths, held_out = split_validation(all_paths, config.validation_fraction, config.seed)
-    textures = list_texture_images(config.anomaly_source) if config.anomaly_source else []
     device = resolve_device(config.device)
     cluster = cluster or Cluster.from_environment(device)
     device = cluster.device(device)
     precision = resolve_precision(config.precision, device)
-    if not textures and cluster.main:
+    if not textures and method.uses_anomaly_sources and cluster.main:
         log.warning("no --anomaly-source given: using the built-in procedural textures")
     torch.manual_seed(config.seed)
 
-    model = DraemModel(config.recon_width, config.seg_width)
+    model = method(method.Options.from_dict(config.options))
     if config.sync_batchnorm:
         synchronise_batchnorm(model)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     global_batch = config.batch_size * cluster.world
     if cluster.world > 1:
         require_equal_shards(len(paths), global_batch, cluster.world)
     steps_per_epoch = batches_per_epoch(len(paths), global_batch, drop_partial=cluster.world > 1)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    milestones = [round(f * total_steps) for f in config.lr_milestones]
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, config.lr_gamma)
+    stages = model.stages(total_steps)
+    ends = np.cumsum(split_steps(total_steps, [s.fraction for s in stages])).tolist()
 
     step = 0
     if files.checkpoint.exists() and not config.resume:
@@ -304,57 +350,71 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
                          "pass --resume to continue it or choose another --out")
     if config.resume and files.checkpoint.exists():
         state = read_torch_file(files.checkpoint)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
+        if step >= total_steps and files.model.exists():
+            raise DraemError(f"{files.model}: the run has finished its {step} steps; pass a larger "
+                             "--max-steps to extend it")
+        if step > 0 and len(stages) > 1 and state.get("total_steps", total_steps) != total_steps:
+            raise DraemError(f"{files.checkpoint}: a run of a multi-stage method cannot change its number "
+                             "of steps (its stages would move)")
+        model.load_state_dict(state["model"])
+        _load_stage_state(stages, state)
         if cluster.main:
             log.info("resuming %s at step %d of %d", files.root, step, total_steps)
-    parallel = DistributedDataParallel(model) if cluster.world > 1 else model
+    cluster.broadcast(model)
     if cluster.main:
         files.root.mkdir(parents=True, exist_ok=True)
         for stale in files.root.glob(".*.tmp"):
             stale.unlink()
+        files.model.unlink(missing_ok=True)
         write_json(files.config, {"train": asdict(config), "versions": versions(), "processes": cluster.world,
                                   "train_images": len(paths), "validation_images": len(held_out),
-                                  "anomaly_sources": len(textures),
-                                  "steps_per_epoch": steps_per_epoch, "total_steps": total_steps})
+                                  "anomaly_sources": len(textures), "steps_per_epoch": steps_per_epoch,
+                                  "total_steps": total_steps,
+                                  "stages": {s.name: n for s, n in zip(stages, np.diff([0, *ends]).tolist(),
+                                                                       strict=True)}})
 
     def save_checkpoint() -> None:
         if cluster.main:
-            save_torch(files.checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                          "scheduler": scheduler.state_dict(), "step": step})
+            save_torch(files.checkpoint, {"model": model.state_dict(), **_stage_state(stages), "step": step,
+                                          "total_steps": total_steps})
 
-    dataset = TrainImages(paths, config.image_size, config.fit, textures)
-    loss_log = LossLog(files, step, total_steps, enabled=cluster.main)
-    model.train()
+    def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        if cluster.any(not bool(torch.isfinite(loss.detach()).all()), device):
+            raise DraemError(f"{files.checkpoint}: training stopped at step {step + 1}: non-finite loss "
+                             f"({float(loss.detach()):.4g}); the last good checkpoint is kept")
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=False):
+            loss.backward()
+        cluster.average_gradients([p for group in optimizer.param_groups for p in group["params"]])
+        optimizer.step()
+
+    dataset = TrainImages(paths, config.image_size, config.fit,
+                          textures if method.uses_anomaly_sources else [], config.resize)
+    loss_log = LossLog(files, model.loss_names(), step, total_steps, enabled=cluster.main)
     with loss_log, StopRequest() as stop:
         stopping = False
         while step < total_steps and not stopping:
             epoch, skip = divmod(step, steps_per_epoch)
-            for batch in _batches(dataset, config, cluster, len(textures), epoch, skip):
+            for batch in _batches(dataset, config, cluster, len(dataset.textures), epoch, skip):
+                stage = stages[next(i for i, end in enumerate(ends) if step < end)]
+                activate(model, stage)
                 generator = step_generator(config.seed, step, cluster.rank)
                 images = batch["image"].to(device, non_blocking=True)
-                sources = _source_batch(batch, config.image_size, generator, device)
-                sim = simulate_anomalies(images, sources, generator, config.simulation)
+                sources = _source_batch(batch, config, generator, device) if method.uses_anomaly_sources else None
+                lr = stage.lr
                 with autocast(device, precision):
-                    reconstruction, logits = parallel(sim.augmented.contiguous(memory_format=memory_format))
-                losses = draem_loss(reconstruction, sim.target, logits, sim.mask)
-                averaged = cluster.mean(torch.stack([losses[k].detach() for k in LOSS_TERMS]))
-                values = dict(zip(LOSS_TERMS, averaged.tolist(), strict=True))
-                if not all(math.isfinite(v) for v in values.values()):
-                    terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-                    raise DraemError(f"{files.checkpoint}: training stopped at step {step}: "
-                                     f"non-finite loss ({terms}); the last good checkpoint is kept")
-                optimizer.zero_grad(set_to_none=True)
-                losses["total"].backward()
-                optimizer.step()
-                lr = scheduler.get_last_lr()[0]
-                scheduler.step()
+                    terms = model.training_step(TrainBatch(images, sources, generator, step, memory_format),
+                                                stage, update)
+                averaged = cluster.mean(torch.stack([v.float() for v in terms.values()]))
+                values = dict(zip(terms, averaged.tolist(), strict=True))
+                for scheduler in stage.schedulers:
+                    scheduler.step()
                 step += 1
 
-                loss_log.record(step, epoch, lr, values, len(images) * cluster.world)
-                if step % steps_per_epoch == 0 or step % config.checkpoint_every == 0 or step == total_steps:
+                loss_log.record(step, epoch, stage.name, lr, values, len(images) * cluster.world)
+                if (step % steps_per_epoch == 0 or step % config.checkpoint_every == 0 or step == total_steps
+                        or step in ends):
                     save_checkpoint()
                 stopping = cluster.any(stop.requested, device)
                 if stopping or step == total_steps:
@@ -372,11 +432,12 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
     return files.model
 
 
-def finish(model: DraemModel, config: TrainConfig, files: RunFiles, calibration_images: list[Path],
+def finish(model: AnomalyModel, config: TrainConfig, files: RunFiles, calibration_images: list[Path],
            textures: list[Path], device: torch.device) -> None:
     """Calibrate thresholds on held-out images and write the model file."""
-    info = ModelInfo(config.recon_width, config.seg_width, config.image_size, config.fit,
-                     score_window=config.score_window)
+    model.eval()
+    info = ModelInfo.of(model, config.image_size, fit=config.fit, score_window=config.score_window,
+                        resize=config.resize)
     if config.validation_fraction == 0:
         log.warning("no validation split (--validation-fraction 0): calibrating on training images")
     thresholds = calibrate_after_training(model, info, config, calibration_images, textures, device)

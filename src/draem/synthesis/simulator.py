@@ -8,7 +8,7 @@ import torch
 
 from draem.synthesis.augment import augment_anomaly_sources
 from draem.synthesis.perlin import random_perlin_noise
-from draem.synthesis.transforms import luma, rotate
+from draem.synthesis.transforms import rotate
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class SimulationConfig:
     beta_min: float = 0.0
     beta_max: float = 0.8
     augmenters_per_source: int = 3
-    grayscale_sources: bool = False
+    mask_shape: str = "perlin"
 
 
 @dataclass
@@ -46,6 +46,21 @@ class SimulatedBatch:
 
 def _uniform(batch: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
     return low + (high - low) * torch.rand(batch, generator=generator)
+
+
+def random_rectangles(batch: int, height: int, width: int, generator: torch.Generator,
+                      device: torch.device | str = "cpu", most: int = 3) -> torch.Tensor:
+    """Masks (B, 1, H, W) of 1 to `most` axis-aligned rectangles, sides 5-35 % of the image's."""
+    counts = torch.randint(1, most + 1, (batch,), generator=generator)
+    sides = 0.05 + 0.3 * torch.rand(batch, most, 2, generator=generator)
+    corners = torch.rand(batch, most, 2, generator=generator) * (1 - sides)
+    ys = torch.linspace(0, 1, height, device=device).view(1, 1, -1, 1)
+    xs = torch.linspace(0, 1, width, device=device).view(1, 1, 1, -1)
+    top, left = corners[..., 0].to(device)[..., None, None], corners[..., 1].to(device)[..., None, None]
+    bottom, right = top + sides[..., 0].to(device)[..., None, None], left + sides[..., 1].to(device)[..., None, None]
+    inside = (ys >= top) & (ys <= bottom) & (xs >= left) & (xs <= right)
+    used = (torch.arange(most).view(1, -1) < counts.view(-1, 1)).to(device)[..., None, None]
+    return (inside & used).any(dim=1, keepdim=True).float()
 
 
 def blend(image: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -69,21 +84,22 @@ def simulate_anomalies(images: torch.Tensor, sources: torch.Tensor, generator: t
     target = torch.where(rotate_image.to(device).view(-1, 1, 1, 1),
                          rotate(images, image_angles * rotate_image), images)
 
-    noise = random_perlin_noise(batch, height, width, config.perlin_min_scale,
-                                config.perlin_max_scale, generator, device)
-    noise_angles = _uniform(batch, -config.noise_rotation_degrees, config.noise_rotation_degrees,
-                            generator)
-    noise = rotate(noise[:, None], noise_angles)
+    if config.mask_shape == "rect":
+        shapes = random_rectangles(batch, height, width, generator, device)
+    else:
+        noise = random_perlin_noise(batch, height, width, config.perlin_min_scale,
+                                    config.perlin_max_scale, generator, device)
+        noise_angles = _uniform(batch, -config.noise_rotation_degrees, config.noise_rotation_degrees,
+                                generator)
+        shapes = (rotate(noise[:, None], noise_angles) > config.threshold).float()
     wants_anomaly = torch.rand(batch, generator=generator) < config.anomaly_prob
-    mask = (noise > config.threshold).to(images.dtype) * wants_anomaly.to(device).view(-1, 1, 1, 1)
+    mask = shapes.to(images.dtype) * wants_anomaly.to(device).view(-1, 1, 1, 1)
 
     augmented_sources = sources.clone()
     chosen = wants_anomaly.nonzero().flatten().to(device)
-    if len(chosen):
+    if len(chosen) and config.augmenters_per_source:
         augmented_sources[chosen] = augment_anomaly_sources(sources[chosen], generator,
                                                             config.augmenters_per_source)
-    if config.grayscale_sources:
-        augmented_sources = luma(augmented_sources).expand_as(augmented_sources).contiguous()
     beta = _uniform(batch, config.beta_min, config.beta_max, generator)
     augmented = blend(target, augmented_sources, mask, beta)
     has_anomaly = mask.flatten(1).amax(dim=1) > 0

@@ -10,6 +10,7 @@ import torch
 from draem.data.images import fit_to_square, list_images, read_image
 from draem.errors import DraemError
 from draem.synthesis.perlin import random_perlin_noise
+from draem.synthesis.transforms import luma
 
 
 def list_texture_images(folder: str | Path) -> list[Path]:
@@ -83,3 +84,15 @@ def procedural_textures(batch: int, size: int, generator: torch.Generator,
     family = torch.randint(0, fields.shape[1], (batch,), generator=generator).to(device)
     field = fields[torch.arange(batch, device=device), family]
     return _colourise(field, _palette(batch, 3, generator).to(device))
+
+
+def solid_colours(batch: int, size: int, generator: torch.Generator,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """Images (B, 3, S, S) of one uniformly random colour each."""
+    colours = torch.rand(batch, 3, 1, 1, generator=generator).to(device)
+    return colours.expand(-1, -1, size, size).contiguous()
+
+
+def grey_sources(sources: torch.Tensor) -> torch.Tensor:
+    """Anomaly sources made grey (luma in all three channels), for grey products."""
+    return luma(sources).expand_as(sources).contiguous()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-IMAGE_SCORE_WINDOW = 21
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -133,39 +130,3 @@ class DiscriminativeSubNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder_segment(self.encoder_segment(x))
-
-
-def image_score(anomaly_map: torch.Tensor, valid: torch.Tensor | None = None,
-                window: int = IMAGE_SCORE_WINDOW) -> torch.Tensor:
-    """Max of the window x window mean-filtered map (B, H, W); padding (not `valid`) counts as 0."""
-    if valid is not None:
-        anomaly_map = anomaly_map * valid
-    smoothed = F.avg_pool2d(anomaly_map[:, None], window, stride=1, padding=window // 2)[:, 0]
-    if valid is not None:
-        smoothed = smoothed.masked_fill(~valid, float("-inf"))
-    return smoothed.flatten(1).amax(dim=1)
-
-
-def anomaly_map_and_score(logits: torch.Tensor, valid: torch.Tensor | None = None,
-                          window: int = IMAGE_SCORE_WINDOW) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anomaly map = softmax channel 1 of the logits; image score = `image_score` of it."""
-    anomaly_map = torch.softmax(logits.float(), dim=1)[:, 1]
-    return anomaly_map, image_score(anomaly_map, valid, window)
-
-
-class DraemModel(nn.Module):
-    """Both sub-networks; `forward` gives (reconstruction, logits), `predict` (map, image score)."""
-
-    def __init__(self, recon_width: int = 128, seg_width: int = 64) -> None:
-        super().__init__()
-        self.reconstructive = ReconstructiveSubNetwork(base_width=recon_width)
-        self.discriminative = DiscriminativeSubNetwork(base_channels=seg_width)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        reconstruction = self.reconstructive(x)
-        logits = self.discriminative(torch.cat((reconstruction, x), dim=1))
-        return reconstruction, logits
-
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly map (B, H, W) in [0, 1] and image score (B,) for a batch in [0, 1]."""
-        return anomaly_map_and_score(self(x)[1])
