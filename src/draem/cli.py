@@ -135,11 +135,11 @@ def _add_test(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--normal", help="instead of --data: folder of defect-free test images")
     p.add_argument("--abnormal", help="with --normal: folder of defective test images")
     p.add_argument("--masks", help="with --normal: folder of masks matched by file stem")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 where the CPU/GPU computes it natively (fast), else fp32 (exact)")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--out", help="where metrics.json goes (default: the run directory)")
     p.add_argument("--score-window", type=int,
                    help="override the model's image-score window (its thresholds were calibrated with its own)")
@@ -165,11 +165,11 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="run directory (or model.pt)")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 where the CPU/GPU computes it natively (fast), else fp32 (exact)")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--map-format", choices=("png", "npy"), default="png",
                    help="anomaly maps as 16-bit PNG or float32 .npy")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
@@ -188,14 +188,14 @@ def _run_predict(args: argparse.Namespace) -> None:
 
 def _add_calibrate(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("calibrate", help="F1-optimal thresholds from labelled validation images")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="run directory (or model.pt)")
     p.add_argument("--data", required=True, help="labelled set in MVTec layout (its test/ split is used)")
-    p.add_argument("--category")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--category", help="category under --data when it holds several")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 where the CPU/GPU computes it natively (fast), else fp32 (exact)")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
 
 
 def _run_calibrate(args: argparse.Namespace) -> None:
@@ -210,12 +210,12 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("data", help="datasets: the built-in demo data and downloads")
     data_commands = p.add_subparsers(dest="data_command", required=True)
     download = data_commands.add_parser("download", help="download and unpack MVTec AD or DTD")
-    download.add_argument("name", choices=("mvtec", "dtd"))
+    download.add_argument("name", choices=("mvtec", "dtd"), help="which dataset")
     download.add_argument("--to", required=True, help="folder to put the dataset in")
     demo = data_commands.add_parser("demo", help="write the built-in synthetic demo dataset")
-    demo.add_argument("--out", required=True)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--image-size", type=int, default=128)
+    demo.add_argument("--out", required=True, help="folder to write the dataset into")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the generated surfaces")
+    demo.add_argument("--image-size", type=int, default=128, help="side of the square images")
 
 
 def _run_data(args: argparse.Namespace) -> None:
@@ -248,8 +248,8 @@ def _run_import_official(args: argparse.Namespace) -> None:
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("export", help="export a run's model (image -> map, score) to ONNX")
-    p.add_argument("--run", required=True)
-    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--run", required=True, help="run directory (or model.pt)")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
     p.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
 
 
@@ -262,10 +262,10 @@ def _run_export(args: argparse.Namespace) -> None:
 def _add_demo(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("demo", help="generate demo data, train, test and write reports (minutes)")
     p.add_argument("--out", default="draem-demo", help="folder for data, runs and reports")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated data and of training")
     p.add_argument("--kinds", nargs="+", choices=DEMO_KINDS,
                    help=f"surface kinds to train (default: {' '.join(DEMO_DEFAULT_KINDS)})")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
 
 
 def _run_demo(args: argparse.Namespace) -> None:

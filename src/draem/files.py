@@ -12,6 +12,8 @@ from typing import Any, BinaryIO
 
 import torch
 
+from draem.errors import DraemError
+
 FILE_MODE = 0o644
 
 
@@ -53,6 +55,14 @@ def save_torch(path: str | Path, obj: Any) -> None:
     """Atomically torch.save an object."""
     with atomic_open(path) as stream:
         torch.save(obj, stream)
+
+
+def output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """A folder to write into: refused with one line when the path names an existing file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DraemError(f"{path}: {flag} names a file; it must be a folder")
+    return path
 
 
 def write_with(path: str | Path, writer: Callable[[BinaryIO], None]) -> None:

@@ -46,7 +46,7 @@ def open_dataset(data: str | Path, category: str | None = None) -> ImageDataset:
 
 def select_dataset(data: str | Path | None, category: str | None = None, normal: str | Path | None = None,
                    abnormal: str | Path | None = None, masks: str | Path | None = None,
-                   trained_on: str | Path | None = None) -> ImageDataset:
+                   trained_on: str | Path | None = None, testing: bool = False) -> ImageDataset:
     """A dataset root (`--data`, any layout) or plain folders (`--normal`, `--abnormal`, `--masks`).
 
     For testing, `normal` holds the defect-free test images and `trained_on` the training folder.
@@ -58,6 +58,9 @@ def select_dataset(data: str | Path | None, category: str | None = None, normal:
     if data is not None:
         raise DraemError("give either --data or --normal/--abnormal/--masks, not both")
     if abnormal is None:
+        if testing:
+            raise DraemError(f"{normal}: --normal is given without --abnormal; testing needs a folder of "
+                             "defective images too (--abnormal, and --masks for pixel metrics)")
         return FolderDataset(train_normal=Path(normal))
     return FolderDataset(train_normal=None if trained_on is None else Path(trained_on),
                          test_normal=Path(normal), abnormal=Path(abnormal),

@@ -6,7 +6,6 @@ import csv
 import io
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from draem.data.layout import GOOD
 from draem.engine.devices import resolve_device
 from draem.engine.inference import Predictor
 from draem.engine.run import RunFiles, load_model, training_folder
-from draem.files import write_json, write_text
+from draem.files import output_folder, write_json, write_text
 from draem.metrics import PixelScores, auroc, average_precision, f1_max
 from draem.report.content import Example, PixelCurve, ReportContent
 from draem.report.html import write_report
@@ -102,13 +101,14 @@ def _examples(predictor: Predictor, images: LabelledImages, indices: list[int], 
 
 def evaluate(config: EvaluationConfig) -> dict:
     """Score every test image; write metrics.json, scores.csv and report.html; return the metrics."""
+    chosen_out = output_folder(config.out) if config.out else None
     loaded = load_model(config.run)
     if config.score_window is not None:
         loaded.info.score_window = check_window(config.score_window)
     if config.resize is not None:
         loaded.info.resize = config.resize
     dataset = select_dataset(config.data, config.category, config.normal, config.abnormal, config.masks,
-                             trained_on=training_folder(loaded.path.parent))
+                             trained_on=training_folder(loaded.path.parent), testing=True)
     samples = dataset.test_samples()
     predictor = Predictor(loaded, resolve_device(config.device), config.precision)
     images = LabelledImages(samples, loaded.info.image_size, loaded.info.fit, loaded.info.resize)
@@ -144,7 +144,7 @@ def evaluate(config: EvaluationConfig) -> dict:
         "overall": group_metrics([GOOD, *types]),
         "defect_types": {t: group_metrics([GOOD, t]) for t in types},
     }
-    out = Path(config.out) if config.out else loaded.path.parent
+    out = chosen_out or loaded.path.parent
     files = RunFiles(out)
     write_json(files.metrics, metrics)
     table = io.StringIO()

@@ -22,7 +22,7 @@ from draem.engine.devices import resolve_device
 from draem.engine.inference import Predictor
 from draem.engine.run import load_model
 from draem.errors import DraemError
-from draem.files import atomic_open, write_bytes
+from draem.files import atomic_open, output_folder, write_bytes
 from draem.report.overlay import map_to_png16, overlay, png_bytes, to_pil
 
 log = logging.getLogger("draem")
@@ -171,7 +171,7 @@ def predict(config: PredictConfig) -> tuple[int, int]:
         log.warning("%s has no calibrated thresholds: no decisions or masks (run `draem calibrate`)",
                     loaded.path)
     predictor = Predictor(loaded, resolve_device(config.device), config.precision, config.backend)
-    out = Path(config.out)
+    out = output_folder(config.out)
     loader = DataLoader(PredictImages(images, loaded.info.image_size, loaded.info.fit, loaded.info.resize),
                         batch_size=config.batch_size, num_workers=config.workers, collate_fn=collate)
     done = failed = 0

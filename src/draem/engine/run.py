@@ -162,8 +162,9 @@ def read_torch_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = str(exc).strip().split("\n")[0][:160] or type(exc).__name__
-        raise DraemError(f"{path}: cannot read checkpoint ({reason})") from exc
+        reason = str(exc).strip().split("\n")[0].split(". ")[0].rstrip(".") or type(exc).__name__
+        raise DraemError(f"{path}: cannot read checkpoint, the file is damaged or not a PyTorch file "
+                         f"({reason})") from exc
 
 
 def load_model(run_dir: str | Path) -> LoadedModel:

@@ -27,7 +27,7 @@ from draem.engine.distributed import Cluster, require_equal_shards, synchronise_
 from draem.engine.inference import Predictor
 from draem.engine.run import LoadedModel, ModelInfo, RunFiles, read_torch_file, save_model, versions
 from draem.errors import DraemError
-from draem.files import save_torch, write_json, write_text
+from draem.files import output_folder, save_torch, write_json, write_text
 from draem.methods.base import AnomalyModel, Stage, TrainBatch, split_steps
 from draem.scoring import IMAGE_SCORE_WINDOW, check_window
 from draem.synthesis.simulator import SimulationConfig
@@ -117,9 +117,7 @@ def _check(config: TrainConfig, method: type[AnomalyModel]) -> None:
         raise DraemError(f"--resize {config.resize}: expected one of {', '.join(RESIZE_MODES)}")
     if config.fit not in FIT_MODES:
         raise DraemError(f"--fit {config.fit}: expected one of {', '.join(FIT_MODES)}")
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise DraemError(f"{out}: --out names a file; it must be a run directory")
+    output_folder(config.out)
 
 
 def with_source_colour(config: TrainConfig, paths: list[Path]) -> TrainConfig:
@@ -265,11 +263,17 @@ class LossLog:
                 self.board.close()
 
 
-def _source_batch(batch: dict[str, torch.Tensor], config: TrainConfig, generator: torch.Generator,
-                  device: torch.device) -> torch.Tensor:
-    sources = (batch["source"].to(device, non_blocking=True) if "source" in batch
-               else procedural_textures(batch["image"].shape[0], config.image_size, generator, device))
-    return grey_sources(sources) if config.source_colour == "gray" else sources
+def training_batch(batch: dict[str, torch.Tensor], config: TrainConfig, method: type[AnomalyModel], step: int,
+                   rank: int, device: torch.device, memory_format: torch.memory_format) -> TrainBatch:
+    """A loader batch on the device with its anomaly sources (if the method uses them) and its RNG."""
+    generator = step_generator(config.seed, step, rank)
+    images = batch["image"].to(device, non_blocking=True)
+    sources = None
+    if method.uses_anomaly_sources:
+        sources = (batch["source"].to(device, non_blocking=True) if "source" in batch
+                   else procedural_textures(len(images), config.image_size, generator, device))
+        sources = grey_sources(sources) if config.source_colour == "gray" else sources
+    return TrainBatch(images, sources, generator, step, memory_format)
 
 
 def _batches(dataset: TrainImages, config: TrainConfig, cluster: Cluster, textures: int, epoch: int,
@@ -318,6 +322,13 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
     """
     config, method = prepare(config)
     files = RunFiles(Path(config.out))
+    if files.checkpoint.exists() and not config.resume:
+        raise DraemError(f"{files.checkpoint}: run directory already holds a checkpoint; "
+                         "pass --resume to continue it or choose another --out")
+    state = read_torch_file(files.checkpoint) if config.resume and files.checkpoint.exists() else None
+    if state is not None and files.model.exists() and (config.max_steps or 0) <= state["step"]:
+        raise DraemError(f"{files.model}: the run has finished its {state['step']} steps; pass a larger "
+                         "--max-steps to extend it")
     all_paths = select_dataset(config.data, config.category, config.normal).train_images()
     textures = list_texture_images(config.anomaly_source) if config.anomaly_source else []
     require_readable(all_paths + textures)
@@ -345,15 +356,8 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
     ends = np.cumsum(split_steps(total_steps, [s.fraction for s in stages])).tolist()
 
     step = 0
-    if files.checkpoint.exists() and not config.resume:
-        raise DraemError(f"{files.checkpoint}: run directory already holds a checkpoint; "
-                         "pass --resume to continue it or choose another --out")
-    if config.resume and files.checkpoint.exists():
-        state = read_torch_file(files.checkpoint)
+    if state is not None:
         step = state["step"]
-        if step >= total_steps and files.model.exists():
-            raise DraemError(f"{files.model}: the run has finished its {step} steps; pass a larger "
-                             "--max-steps to extend it")
         if step > 0 and len(stages) > 1 and state.get("total_steps", total_steps) != total_steps:
             raise DraemError(f"{files.checkpoint}: a run of a multi-stage method cannot change its number "
                              "of steps (its stages would move)")
@@ -399,20 +403,17 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
             for batch in _batches(dataset, config, cluster, len(dataset.textures), epoch, skip):
                 stage = stages[next(i for i, end in enumerate(ends) if step < end)]
                 activate(model, stage)
-                generator = step_generator(config.seed, step, cluster.rank)
-                images = batch["image"].to(device, non_blocking=True)
-                sources = _source_batch(batch, config, generator, device) if method.uses_anomaly_sources else None
+                inputs = training_batch(batch, config, method, step, cluster.rank, device, memory_format)
                 lr = stage.lr
                 with autocast(device, precision):
-                    terms = model.training_step(TrainBatch(images, sources, generator, step, memory_format),
-                                                stage, update)
+                    terms = model.training_step(inputs, stage, update)
                 averaged = cluster.mean(torch.stack([v.float() for v in terms.values()]))
                 values = dict(zip(terms, averaged.tolist(), strict=True))
                 for scheduler in stage.schedulers:
                     scheduler.step()
                 step += 1
 
-                loss_log.record(step, epoch, stage.name, lr, values, len(images) * cluster.world)
+                loss_log.record(step, epoch, stage.name, lr, values, len(inputs.images) * cluster.world)
                 if (step % steps_per_epoch == 0 or step % config.checkpoint_every == 0 or step == total_steps
                         or step in ends):
                     save_checkpoint()

@@ -1,0 +1,229 @@
+"""The engine's promises, checked for every registered method with its tiny options."""
+
+import json
+import signal
+import subprocess
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_category
+from test_distributed import environment, torchrun
+from test_train import run_cli, wait_for_rows
+
+from draem import methods
+from draem.cli import main
+from draem.data.datasets import TrainImages
+from draem.deploy.onnx import InferenceGraph, OnnxRuntimeModel, export_onnx, max_difference
+from draem.engine.run import load_model
+from draem.engine.train import TrainConfig, activate, epoch_batches, prepare, training_batch
+
+METHODS = methods.available()
+SIZE = 32
+
+
+def tiny_flags(name: str) -> list[str]:
+    """The command-line flags of a method's tiny options."""
+    flags = ["--method", name]
+    for key, value in methods.get(name).tiny_options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else flag.replace("--", "--no-", 1))
+        else:
+            flags += [flag, *(map(str, value) if isinstance(value, tuple) else [str(value)])]
+    return flags
+
+
+def common_flags(name: str) -> list[str]:
+    return ["--image-size", str(SIZE), "--batch-size", "2", *tiny_flags(name)]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu")["state_dict"]
+
+
+@pytest.fixture(scope="module", params=METHODS)
+def trained(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
+    data = make_category(root / "widget", train=8)
+    run = root / "run"
+    flags = common_flags(request.param)
+    assert main(["train", "--data", str(data), "--out", str(run), "--max-steps", "3", *flags]) == 0
+    return request.param, data, run
+
+
+def test_every_method_is_described_and_builds_with_its_defaults():
+    assert "draem" in METHODS and "riad" in METHODS
+    for name in METHODS:
+        method = methods.get(name)
+        assert method.name == name and method.paper and method.headline and "total" in method.loss_terms
+        method.Options().validate()
+        method.Options(**method.tiny_options).validate()
+
+
+def test_help_lists_the_methods_options(capsys):
+    for name in METHODS:
+        with pytest.raises(SystemExit):
+            main(["train", "--method", name, "--help"])
+        text = capsys.readouterr().out
+        assert f"options of method {name}" in text and "(default:" in text
+        for key in methods.get(name).tiny_options:
+            assert "--" + key.replace("_", "-") in text
+
+
+def test_methods_command_lists_papers_and_figures(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in METHODS:
+        assert name in out and methods.get(name).headline in out
+
+
+def test_unknown_method_is_one_line(tmp_path, capsys):
+    assert main(["train", "--method", "nope", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) != 0
+    err = capsys.readouterr().err
+    assert "--method nope: unknown method" in err and err.count("\n") == 1
+
+
+def test_run_records_the_method_and_its_loss_columns(trained):
+    name, _, run = trained
+    saved = torch.load(run / "model.pt")
+    assert saved["format"] == "draem-model/2" and saved["info"]["method"] == name
+    header = (run / "losses.csv").read_text().splitlines()[0].split(",")
+    model = load_model(run).model
+    assert header == ["step", "epoch", "stage", "lr", *model.loss_names(), "images_per_s"]
+    assert json.loads((run / "config.json").read_text())["train"]["method"] == name
+
+
+def test_test_writes_metrics_for_every_method(trained):
+    name, data, run = trained
+    assert main(["test", "--run", str(run), "--data", str(data), "--precision", "fp32"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == name
+    assert 0 <= metrics["overall"]["image_auroc"] <= 1 and 0 <= metrics["overall"]["pixel_auroc"] <= 1
+    assert (run / "report.html").exists()
+
+
+def test_predict_writes_maps_for_every_method(trained, tmp_path):
+    _, data, run = trained
+    out = tmp_path / "predictions"
+    assert main(["predict", "--run", str(run), str(data / "test" / "spot"), "--out", str(out)]) == 0
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 4 and all(Path(p).exists() for p in out.rglob("*.png"))
+    assert list(out.rglob("*.png"))
+
+
+def test_onnx_export_matches_pytorch_for_every_method(trained, tmp_path):
+    _, _, run = trained
+    path = export_onnx(run, tmp_path / "model.onnx")
+    graph = InferenceGraph(load_model(run))
+    runtime = OnnxRuntimeModel(path)
+    for batch in (1, 3):
+        assert max_difference(graph, runtime, torch.rand(batch, 3, SIZE, SIZE)) <= 1e-4
+
+
+def test_scores_do_not_depend_on_the_batch(trained):
+    _, _, run = trained
+    model = load_model(run).model
+    images = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        together = model.predict(images)
+        alone = [model.predict(images[i:i + 1]) for i in range(4)]
+    torch.testing.assert_close(together[0], torch.cat([a[0] for a in alone]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(together[1], torch.cat([a[1] for a in alone]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_killed_run_resumes_to_the_same_model(name, tmp_path):
+    data = make_category(tmp_path / "widget", train=8)
+    common = ["--data", str(data), "--max-steps", "8", "--checkpoint-every", "2", *common_flags(name)]
+    straight = run_cli("train", "--out", str(tmp_path / "straight"), *common)
+    assert straight.wait(180) == 0, straight.stderr.read()
+    out = tmp_path / "killed"
+    killed = run_cli("train", "--out", str(out), *common)
+    wait_for_rows(out / "losses.csv", 3, killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(30)
+    assert not (out / "model.pt").exists()
+    resumed = run_cli("train", "--out", str(out), "--resume")
+    assert resumed.wait(180) == 0, resumed.stderr.read()
+    expected, got = weights(tmp_path / "straight" / "model.pt"), weights(out / "model.pt")
+    assert all(torch.equal(v, got[k]) for k, v in expected.items())
+
+
+GRADIENT_SCRIPT = textwrap.dedent("""
+    import sys, json
+    from draem.engine.train import TrainConfig, train
+
+    data, out, name, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    train(TrainConfig(data=data, out=out, method=name, options=options, max_steps=1, batch_size=2,
+                      image_size=32, validation_fraction=0.0, channels_last=False))
+""")
+
+
+def replay_two_processes(config: TrainConfig, method: type, data: Path) -> dict[str, torch.Tensor]:
+    """Rank 0's weights after one step of two simulated processes: two model copies in two threads, their
+    gradients averaged at every optimiser step, each fed its shard and its own random draws."""
+    copies = []
+    for _ in range(2):
+        torch.manual_seed(config.seed)
+        copies.append(method(method.Options.from_dict(config.options)))
+    stages = [copy.stages(1)[0] for copy in copies]
+    paths = sorted((data / "train" / "good").glob("*.png"))
+    dataset = TrainImages(paths, SIZE, "resize")
+    pairs = epoch_batches(len(paths), 0, 4, config.seed, 0, drop_partial=True)[0]
+    barrier = threading.Barrier(2)
+
+    def update_of(rank: int):
+        def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            barrier.wait()
+            if rank == 0:
+                name = next(n for n, o in stages[0].optimizers.items() if o is optimizer)
+                groups = zip(optimizer.param_groups, stages[1].optimizers[name].param_groups, strict=True)
+                for first, second in groups:
+                    for a, b in zip(first["params"], second["params"], strict=True):
+                        if a.grad is not None:
+                            mean = (a.grad + b.grad) / 2
+                            a.grad, b.grad = mean.clone(), mean.clone()
+            barrier.wait()
+            optimizer.step()
+        return update
+
+    def run(rank: int) -> None:
+        loader = {"image": torch.stack([dataset[p]["image"] for p in pairs[2 * rank:2 * rank + 2]])}
+        batch = training_batch(loader, config, method, 0, rank, torch.device("cpu"), torch.contiguous_format)
+        activate(copies[rank], stages[rank])
+        copies[rank].training_step(batch, stages[rank], update_of(rank))
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in (0, 1)]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        torch.set_num_threads(previous)
+    return copies[0].state_dict()
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_two_gloo_processes_average_the_gradients_of_their_shards(name, tmp_path):
+    data = make_category(tmp_path / "widget", train=4)
+    script = tmp_path / "train_once.py"
+    script.write_text(GRADIENT_SCRIPT)
+    options = methods.get(name).tiny_options
+    done = subprocess.run(torchrun(2, str(script), str(data), str(tmp_path / "two"), name, json.dumps(options)),
+                          capture_output=True, text=True, env=environment(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    config, method = prepare(TrainConfig.from_dict(json.loads((tmp_path / "two" / "config.json").read_text())["train"]))
+    two = torch.load(tmp_path / "two" / "checkpoint.pt")["model"]
+    ours = replay_two_processes(config, method, data)
+    assert ours.keys() == two.keys()
+    for key, value in ours.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-6, msg=key)
