@@ -18,7 +18,8 @@ from draem.cli import main
 from draem.data.datasets import TrainImages
 from draem.deploy.onnx import InferenceGraph, OnnxRuntimeModel, export_onnx, max_difference
 from draem.engine.run import load_model
-from draem.engine.train import TrainConfig, activate, epoch_batches, prepare, training_batch
+from draem.engine.train import TrainConfig, activate, epoch_batches, prepare, train, training_batch
+from draem.methods.base import TrainBatch
 
 METHODS = methods.available()
 SIZE = 32
@@ -227,3 +228,43 @@ def test_two_gloo_processes_average_the_gradients_of_their_shards(name, tmp_path
     for key, value in ours.items():
         if value.is_floating_point():
             torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_losses_stay_in_float32_when_training_in_bf16(name):
+    method = methods.get(name)
+    model = method(method.Options(**method.tiny_options)).train()
+    stage = model.stages(10)[0]
+    images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    sources = torch.rand(2, 3, SIZE, SIZE) if method.uses_anomaly_sources else None
+    seen = []
+
+    def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        assert not torch.is_autocast_enabled("cpu"), "backward runs outside autocast"
+        seen.append(loss.dtype)
+
+    outputs = []
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_hook(lambda module, inputs, output: outputs.append(output.dtype))
+    batch = TrainBatch(images, sources, torch.Generator().manual_seed(0), 0, precision="bf16")
+    terms = model.training_step(batch, stage, update)
+    assert outputs and all(dtype == torch.bfloat16 for dtype in outputs), "the networks run in bf16"
+    assert seen and all(dtype == torch.float32 for dtype in seen)
+    assert all(value.dtype == torch.float32 for value in terms.values())
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_the_engine_leaves_precision_to_the_method(name, tmp_path, monkeypatch):
+    method = methods.get(name)
+    original = method.training_step
+    entered = []
+
+    def checked(self, batch, stage, update):
+        entered.append(torch.is_autocast_enabled("cpu"))
+        return original(self, batch, stage, update)
+
+    monkeypatch.setattr(method, "training_step", checked)
+    data = make_category(tmp_path / "widget")
+    train(TrainConfig(data=str(data), out=str(tmp_path / "run"), method=name, options=method.tiny_options,
+                      max_steps=2, batch_size=2, image_size=SIZE, precision="bf16"))
+    assert entered == [False, False]

@@ -328,11 +328,14 @@ def _add_ablate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, help="steps of each row (overrides --epochs)")
     p.add_argument("--batch-size", type=int, default=8, help="images per step")
     p.add_argument("--image-size", type=int, default=256, help="side of the square the images are fitted to")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    p.add_argument("--source-colour", choices=("color", "gray", "auto"), default="color",
+                   help="make anomaly sources grey ('auto': when the training images are grey)")
+    p.add_argument("--score-window", type=int, default=21, help="image score = max of the k x k mean-filtered map")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="training precision (testing is always fp32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default: 0)")
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
 
 
 def _run_ablate(args: argparse.Namespace) -> None:

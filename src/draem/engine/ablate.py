@@ -46,6 +46,8 @@ class AblationConfig:
     batch_size: int = 8
     image_size: int = 256
     seed: int = 0
+    source_colour: str = "color"
+    score_window: int = 21
     precision: str = "fp32"
     device: str = "auto"
     workers: int = 0
@@ -114,6 +116,7 @@ def train_config(row: AblationRow, options: dict[str, Any], config: AblationConf
                        category=config.category, epochs=config.epochs, max_steps=config.max_steps,
                        batch_size=config.batch_size, image_size=config.image_size,
                        anomaly_source=row_source(row, config), seed=config.seed, device=config.device,
+                       source_colour=config.source_colour, score_window=config.score_window,
                        precision=config.precision, workers=config.workers, validation_fraction=0.0, resume=True)
 
 
@@ -194,7 +197,8 @@ def header(config: AblationConfig) -> str:
             "- Protocol: each row trains on all training images (no validation split) and is tested in fp32 on "
             "the whole test set; Det. = image AUROC, Loc. = pixel AUROC / pixel AP, in percent.\n"
             f"- Budget: {budget}, batch size {config.batch_size}, image size {config.image_size} px, "
-            f"seed {config.seed}, training precision {config.precision}; options set on every row: {settings}. "
+            f"seed {config.seed}, training precision {config.precision}, anomaly sources {config.source_colour}, "
+            f"image-score window {config.score_window}; options set on every row: {settings}. "
             "A row already trained in its folder is reused as it is (Steps: its own).\n"
             f"- Anomaly sources: textures {config.anomaly_source or 'built in (procedural)'}, natural images "
             f"{config.natural_images or 'not given'}.\n"

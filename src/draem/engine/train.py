@@ -22,7 +22,7 @@ from draem.data.catalog import select_dataset
 from draem.data.datasets import TrainImages
 from draem.data.images import FIT_MODES, RESIZE_MODES, read_image, unreadable_images
 from draem.engine.calibrate import Thresholds, calibrate_with_simulated_defects
-from draem.engine.devices import autocast, resolve_device, resolve_precision
+from draem.engine.devices import resolve_device, resolve_precision
 from draem.engine.distributed import Cluster, require_equal_shards, synchronise_batchnorm
 from draem.engine.inference import Predictor
 from draem.engine.run import LoadedModel, ModelInfo, RunFiles, read_torch_file, save_model, versions
@@ -264,7 +264,8 @@ class LossLog:
 
 
 def training_batch(batch: dict[str, torch.Tensor], config: TrainConfig, method: type[AnomalyModel], step: int,
-                   rank: int, device: torch.device, memory_format: torch.memory_format) -> TrainBatch:
+                   rank: int, device: torch.device, memory_format: torch.memory_format,
+                   precision: str = "fp32") -> TrainBatch:
     """A loader batch on the device with its anomaly sources (if the method uses them) and its RNG."""
     generator = step_generator(config.seed, step, rank)
     images = batch["image"].to(device, non_blocking=True)
@@ -273,7 +274,7 @@ def training_batch(batch: dict[str, torch.Tensor], config: TrainConfig, method: 
         sources = (batch["source"].to(device, non_blocking=True) if "source" in batch
                    else procedural_textures(len(images), config.image_size, generator, device))
         sources = grey_sources(sources) if config.source_colour == "gray" else sources
-    return TrainBatch(images, sources, generator, step, memory_format)
+    return TrainBatch(images, sources, generator, step, memory_format, precision)
 
 
 def _batches(dataset: TrainImages, config: TrainConfig, cluster: Cluster, textures: int, epoch: int,
@@ -388,8 +389,7 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
             raise DraemError(f"{files.checkpoint}: training stopped at step {step + 1}: non-finite loss "
                              f"({float(loss.detach()):.4g}); the last good checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=False):
-            loss.backward()
+        loss.backward()
         cluster.average_gradients([p for group in optimizer.param_groups for p in group["params"]])
         optimizer.step()
 
@@ -403,10 +403,9 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
             for batch in _batches(dataset, config, cluster, len(dataset.textures), epoch, skip):
                 stage = stages[next(i for i, end in enumerate(ends) if step < end)]
                 activate(model, stage)
-                inputs = training_batch(batch, config, method, step, cluster.rank, device, memory_format)
+                inputs = training_batch(batch, config, method, step, cluster.rank, device, memory_format, precision)
                 lr = stage.lr
-                with autocast(device, precision):
-                    terms = model.training_step(inputs, stage, update)
+                terms = model.training_step(inputs, stage, update)
                 averaged = cluster.mean(torch.stack([v.float() for v in terms.values()]))
                 values = dict(zip(terms, averaged.tolist(), strict=True))
                 for scheduler in stage.schedulers:

@@ -124,13 +124,19 @@ def multistep(optimizer: torch.optim.Optimizer, steps: int, milestones: tuple[fl
 
 @dataclass
 class TrainBatch:
-    """One process's batch: defect-free images in [0, 1], anomaly sources if the method uses them, the RNG."""
+    """One process's batch: defect-free images in [0, 1], anomaly sources if the method uses them, the RNG,
+    and the run's memory format and precision for the networks."""
 
     images: torch.Tensor
     sources: torch.Tensor | None
     generator: torch.Generator
     step: int
     memory_format: torch.memory_format = torch.contiguous_format
+    precision: str = "fp32"
+
+    def autocast(self) -> torch.autocast:
+        """The context for network passes: bf16 autocast when the run trains in bf16; losses stay outside."""
+        return torch.autocast(self.images.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
 Update = Callable[[torch.Tensor, torch.optim.Optimizer], None]

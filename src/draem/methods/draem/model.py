@@ -154,7 +154,8 @@ class DraemModel(AnomalyModel):
         if self.options.source == "colour":
             sources = solid_colours(len(batch.images), batch.images.shape[-1], batch.generator, batch.images.device)
         sim = simulate_anomalies(batch.images, sources, batch.generator, self.options.simulation())
-        reconstruction, logits = self(sim.augmented.contiguous(memory_format=batch.memory_format))
+        with batch.autocast():
+            reconstruction, logits = self(sim.augmented.contiguous(memory_format=batch.memory_format))
         terms = draem_loss(reconstruction, sim.target, logits, sim.mask, self.options.recon_loss)
         update(terms["total"], stage.optimizers["adam"])
         return {name: value.detach() for name, value in terms.items()}
@@ -163,7 +164,8 @@ class DraemModel(AnomalyModel):
         reconstruction, logits = self(images)
         if logits is not None:
             return torch.softmax(logits.float(), dim=1)[:, 1]
-        reconstruction = reconstruction.float()
-        if self.options.recon_loss == "msgms":
-            return 1 - msgms_map(reconstruction, images.float())
-        return 1 - ssim_map(reconstruction, images.float()).mean(dim=1)
+        reconstruction, images = reconstruction.float(), images.float()
+        with torch.autocast(images.device.type, enabled=False):
+            if self.options.recon_loss == "msgms":
+                return 1 - msgms_map(reconstruction, images)
+            return 1 - ssim_map(reconstruction, images).mean(dim=1)

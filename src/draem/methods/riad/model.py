@@ -154,7 +154,8 @@ class RiadModel(AnomalyModel):
         cells = self.options.cells()
         cell = cells[int(torch.randint(len(cells), (1,), generator=batch.generator))]
         masks = inpainting_masks(len(batch.images), batch.images.shape[-2:], cell, batch.generator)
-        inpainted = inpaint(self.unet, batch.images, masks, batch.memory_format)
+        with batch.autocast():
+            inpainted = inpaint(self.unet, batch.images, masks, batch.memory_format)
         weights = (self.options.msgms_weight, self.options.ssim_weight, self.options.l2_weight)
         terms = riad_loss(inpainted, batch.images, weights)
         update(terms["total"], stage.optimizers["adam"])
