@@ -1,10 +1,11 @@
-"""Throughput and memory of DRAEM on this machine, every figure of one run printed side by side.
+"""Throughput and memory of the methods on this machine, every figure of one run printed side by side.
 
     python benchmarks/speed.py                      # everything (about 20 minutes on 2 cores)
     python benchmarks/speed.py --only infer --networks narrow
     python benchmarks/speed.py --only memory
 
-Inference and training are timed at 256x256 for the full-size (128/64) and a narrow (32/16) network.
+Inference and training are timed at 256x256 for the full-size (128/64) and a narrow (32/16) DRAEM; training
+also for every other registered method at its full-size defaults (each method's own training step, batch 8).
 `fp32 eager NCHW` is plain PyTorch, the baseline; `fp32 channels-last` is the exact path of
 `draem test/predict --precision fp32` and their default on CPUs without native bf16; `bf16 channels-last`
 is their default on CPUs with native bf16 (its rows are skipped elsewhere, where bf16 is emulated and slow);
@@ -26,9 +27,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from draem import methods
 from draem.engine.devices import autocast, cpu_has_native_bf16
 from draem.engine.run import ModelInfo, load_model, save_model
-from draem.methods.draem import DraemModel, DraemOptions, draem_loss
+from draem.methods.base import AnomalyModel, TrainBatch
+from draem.methods.draem import DraemModel, DraemOptions
 from draem.synthesis.simulator import simulate_anomalies
 from draem.synthesis.sources import procedural_textures
 
@@ -57,7 +60,7 @@ def row(what: str, network: str, mode: str, batch: int, value: float, baseline: 
     print(f"{what:<10}{network:<16}{mode:<22}{batch:>6}{value:>11.2f}{ratio}", flush=True)
 
 
-def torch_inference(model: DraemModel, batch: int, precision: str, channels_last: bool) -> Callable[[], None]:
+def torch_inference(model: AnomalyModel, batch: int, precision: str, channels_last: bool) -> Callable[[], None]:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt).eval()
     images = torch.rand(batch, 3, SIZE, SIZE).contiguous(memory_format=fmt)
@@ -81,20 +84,22 @@ def onnx_inference(run: Path, batch: int) -> Callable[[], None]:
     return lambda: runtime(images)
 
 
-def training_step(model: DraemModel, batch: int, precision: str, channels_last: bool) -> Callable[[], None]:
+def training_step(model: AnomalyModel, batch: int, precision: str, channels_last: bool) -> Callable[[], None]:
+    """One step of the method's own training step (simulation and losses included), as the engine runs it."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    stage = model.stages(10_000)[0]
     images = torch.rand(batch, 3, SIZE, SIZE).contiguous(memory_format=fmt)
-    masks = (torch.rand(batch, 1, SIZE, SIZE) > 0.9).float()
+    sources = torch.rand(batch, 3, SIZE, SIZE) if model.uses_anomaly_sources else None
+    generator = torch.Generator().manual_seed(0)
 
-    def step() -> None:
-        with autocast(CPU, precision):
-            reconstruction, logits = model(images)
-        loss = draem_loss(reconstruction, images, logits, masks)["total"]
+    def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+    def step() -> None:
+        model.training_step(TrainBatch(images, sources, generator, 0, fmt, precision), stage, update)
 
     return step
 
@@ -123,13 +128,17 @@ def inference(networks: list[str], batches: list[int], seconds: float, work: Pat
 
 
 def training(networks: list[str], seconds: float) -> None:
-    for name in networks:
-        label = f"{name} {WIDTHS[name][0]}/{WIDTHS[name][1]}"
+    """DRAEM at both widths, then every other registered method at its full-size defaults."""
+    models = {f"{name} {WIDTHS[name][0]}/{WIDTHS[name][1]}": (DraemModel, DraemOptions(*WIDTHS[name]))
+              for name in networks}
+    for name in methods.available():
+        if name != "draem":
+            models[f"{name} defaults"] = (methods.get(name), methods.get(name).Options())
+    for label, (method, options) in models.items():
         baseline = None
         for mode, (precision, channels_last) in MODES.items():
             torch.manual_seed(0)
-            model = DraemModel(DraemOptions(*WIDTHS[name]))
-            value = images_per_second(8, training_step(model, 8, precision, channels_last), seconds)
+            value = images_per_second(8, training_step(method(options), 8, precision, channels_last), seconds)
             baseline = baseline or value
             row("train", label, mode, 8, value, baseline)
 

@@ -74,3 +74,18 @@ def test_pad_keeps_aspect_and_maps_back():
     assert back.shape == (20, 60)
     squashed, where = fit_to_square(image, 30, "resize")
     assert squashed.shape == (3, 30, 30) and valid_region(where, 30).all()
+
+
+def test_the_authors_resize_does_not_antialias_and_keeps_only_full_mask_pixels():
+    from draem.data.images import binary_mask, fit_to_square
+
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 10:30, 10:31] = 1.0
+    ours = binary_mask(fit_to_square(mask, 32, "resize")[0][0])
+    authors = binary_mask(fit_to_square(mask, 32, "resize", "authors")[0][0], "authors")
+    assert authors.sum() < ours.sum() and bool((ours | ~authors).all()), "the authors' mask is a subset of ours"
+    stripes = torch.zeros(1, 96, 96)
+    stripes[:, :, ::2] = 1.0
+    smooth = fit_to_square(stripes, 32, "resize")[0]
+    sharp = fit_to_square(stripes, 32, "resize", "authors")[0]
+    assert smooth.std() < 0.1 < 0.4 < sharp.std(), "antialiasing averages the stripes away; the authors' way aliases"

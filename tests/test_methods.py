@@ -151,6 +151,9 @@ def test_killed_run_resumes_to_the_same_model(name, tmp_path):
     assert resumed.wait(180) == 0, resumed.stderr.read()
     expected, got = weights(tmp_path / "straight" / "model.pt"), weights(out / "model.pt")
     assert all(torch.equal(v, got[k]) for k, v in expected.items())
+    assert not list(out.glob(".*.tmp")), "stale temporary files of the killed run are removed"
+    steps = [line.split(",")[0] for line in (out / "losses.csv").read_text().splitlines()[1:]]
+    assert steps == [str(step) for step in range(1, 9)]
 
 
 GRADIENT_SCRIPT = textwrap.dedent("""

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 
@@ -19,7 +20,10 @@ def test_every_category_trains_and_tests_into_the_papers_table(tmp_path, capsys)
     assert main(["test", "--run", str(runs), "--data", str(tmp_path / "data"), "--category", "all"]) == 0
     table = (runs / "benchmark.md").read_text().splitlines()
     assert table[0] == "| Category | Image AUROC | Pixel AUROC | Pixel AP | AUPRO |"
-    assert [row.split("|")[1].strip() for row in table[2:]] == ["bottle", "cable", "Mean"]
+    assert [row.split("|")[1].strip() for row in table[2:5]] == ["bottle", "cable", "Mean"]
+    assert "no held-out calibration split" in table[-1] and "fp32" in table[-1]
+    assert json.loads((runs / "bottle" / "metrics.json").read_text())["precision"] == "fp32"
+    assert json.loads((runs / "bottle" / "config.json").read_text())["train"]["validation_fraction"] == 0.0
     csv_rows = (runs / "benchmark.csv").read_text().splitlines()
     assert len(csv_rows) == 4 and csv_rows[-1].startswith("Mean,")
 

@@ -83,29 +83,6 @@ def wait_for_rows(path: Path, rows: int, process: subprocess.Popen, timeout: flo
     raise AssertionError(f"training never reached {rows} steps")
 
 
-def test_killed_run_resumes_to_the_same_model(category, tmp_path):
-    common = ["--data", str(category), "--max-steps", "8", "--checkpoint-every", "2", *TINY]
-    straight = run_cli("train", "--out", str(tmp_path / "straight"), *common)
-    assert straight.wait(120) == 0, straight.stderr.read()
-
-    out = tmp_path / "killed"
-    killed = run_cli("train", "--out", str(out), *common)
-    wait_for_rows(out / "losses.csv", 3, killed)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(30)
-    assert not (out / "model.pt").exists()
-    torch.load(out / "checkpoint.pt")
-
-    resumed = run_cli("train", "--out", str(out), "--resume")
-    assert resumed.wait(120) == 0, resumed.stderr.read()
-    expected = weights(tmp_path / "straight" / "model.pt")
-    got = weights(out / "model.pt")
-    assert all(torch.equal(v, got[k]) for k, v in expected.items())
-    assert not list(out.glob(".*.tmp")), "stale temporary files of the killed run are removed"
-    with (out / "losses.csv").open() as stream:
-        assert [int(r["step"]) for r in csv.DictReader(stream)] == list(range(1, 9))
-
-
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(category, tmp_path):
     out = tmp_path / "run"
     process = run_cli("train", "--data", str(category), "--out", str(out), "--max-steps", "500",

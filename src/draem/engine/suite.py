@@ -25,12 +25,18 @@ TABLE_COLUMNS = (("image_auroc", "Image AUROC"), ("pixel_auroc", "Pixel AUROC"),
                  ("aupro", "AUPRO"))
 
 
+PROTOCOL = ("Protocol (the paper's): each category trains on all its training images (no held-out calibration "
+            "split) and is tested in fp32 on its whole test set.")
+
+
 def train_all(config: TrainConfig, parallel_categories: bool = False) -> list[Path]:
-    """Train every category under config.data into config.out/<category>.
+    """Train every category under config.data into config.out/<category> on all its training images.
 
     With `parallel_categories` under torchrun, process r trains categories r, r + N, ... on its own.
     """
     names = [d.name for d in find_datasets(config.data)]
+    config = replace(config, validation_fraction=0.0)
+    log.info(PROTOCOL)
     rank, world = 0, 1
     if parallel_categories:
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -69,6 +75,8 @@ def markdown(rows: list[list[str]]) -> str:
 def test_all(config: EvaluationConfig) -> Path:
     """Evaluate config.run/<category> on every category of config.data; write benchmark.csv/.md."""
     runs = Path(config.run)
+    config = replace(config, precision="fp32")
+    log.info(PROTOCOL)
     results = {}
     for dataset in find_datasets(config.data):
         run = runs / dataset.name
@@ -79,6 +87,6 @@ def test_all(config: EvaluationConfig) -> Path:
     table = io.StringIO()
     csv.writer(table).writerows(rows)
     write_text(runs / "benchmark.csv", table.getvalue())
-    write_text(runs / "benchmark.md", markdown(rows))
-    print(markdown(rows))
+    write_text(runs / "benchmark.md", markdown(rows) + "\n" + PROTOCOL + "\n")
+    print(markdown(rows) + "\n" + PROTOCOL)
     return runs / "benchmark.md"

@@ -381,8 +381,9 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
 
     def save_checkpoint() -> None:
         if cluster.main:
+            current = stages[min(int(np.searchsorted(ends, step, side="right")), len(stages) - 1)].name
             save_torch(files.checkpoint, {"model": model.state_dict(), **_stage_state(stages), "step": step,
-                                          "total_steps": total_steps})
+                                          "stage": current, "total_steps": total_steps})
 
     def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         if cluster.any(not bool(torch.isfinite(loss.detach()).all()), device):
