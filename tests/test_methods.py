@@ -19,7 +19,7 @@ from draem.data.datasets import TrainImages
 from draem.deploy.onnx import InferenceGraph, OnnxRuntimeModel, export_onnx, max_difference
 from draem.engine.run import load_model
 from draem.engine.train import TrainConfig, activate, epoch_batches, prepare, train, training_batch
-from draem.methods.base import TrainBatch
+from draem.methods.base import TrainBatch, split_steps
 
 METHODS = methods.available()
 SIZE = 32
@@ -166,6 +166,12 @@ GRADIENT_SCRIPT = textwrap.dedent("""
 """)
 
 
+def first_stage(stages: list) -> object:
+    """The stage the first step of a one-step run belongs to (earlier stages may get no steps)."""
+    counts = split_steps(1, [stage.fraction for stage in stages])
+    return next(stage for stage, count in zip(stages, counts, strict=True) if count)
+
+
 def replay_two_processes(config: TrainConfig, method: type, data: Path) -> dict[str, torch.Tensor]:
     """Rank 0's weights after one step of two simulated processes: two model copies in two threads, their
     gradients averaged at every optimiser step, each fed its shard and its own random draws."""
@@ -173,7 +179,7 @@ def replay_two_processes(config: TrainConfig, method: type, data: Path) -> dict[
     for _ in range(2):
         torch.manual_seed(config.seed)
         copies.append(method(method.Options.from_dict(config.options)))
-    stages = [copy.stages(1)[0] for copy in copies]
+    stages = [first_stage(copy.stages(1)) for copy in copies]
     paths = sorted((data / "train" / "good").glob("*.png"))
     dataset = TrainImages(paths, SIZE, "resize")
     pairs = epoch_batches(len(paths), 0, 4, config.seed, 0, drop_partial=True)[0]

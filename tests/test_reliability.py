@@ -129,3 +129,20 @@ def test_every_option_is_explained_and_shows_its_default():
             if action.default not in (None, False, argparse.SUPPRESS) and not isinstance(action, argparse._HelpAction):
                 assert "(default:" in formatter._get_help_string(action), f"draem {name} {action.dest}"
         sub.format_help()
+
+
+def test_model_files_of_the_first_format_still_load(finished, tmp_path):
+    data, run = finished
+    saved = torch.load(run / "model.pt")
+    info = dict(saved["info"])
+    options = info.pop("options")
+    del info["method"], info["resize"]
+    old = tmp_path / "old"
+    old.mkdir()
+    torch.save({"format": "draem-model/1", "info": {**info, "recon_width": options["recon_width"],
+                                                     "seg_width": options["seg_width"]},
+                "state_dict": saved["state_dict"]}, old / "model.pt")
+    assert main(["test", "--run", str(old), "--data", str(data), "--precision", "fp32"]) == 0
+    assert main(["test", "--run", str(run), "--data", str(data), "--precision", "fp32"]) == 0
+    assert json.loads((old / "metrics.json").read_text())["overall"] == json.loads(
+        (run / "metrics.json").read_text())["overall"]
