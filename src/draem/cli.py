@@ -234,7 +234,7 @@ def _add_import_official(commands: argparse._SubParsersAction, method: str = "dr
     p = commands.add_parser("import-official", help="turn the authors' released checkpoints into a run")
     p.add_argument("--method", default="draem", help="the method whose checkpoints these are")
     for name, text in methods.get(method).official_files.items():
-        p.add_argument(f"--{name}", required=True, help=text)
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, help=text)
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--image-size", type=int, default=256, help="side of the square images are fitted to")
 
@@ -289,9 +289,11 @@ def _add_methods(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_methods(args: argparse.Namespace) -> None:
-    for name in methods.available():
+    names = methods.available()
+    width = max(map(len, names)) + 2
+    for name in names:
         method = methods.get(name)
-        print(f"{name:<10}{method.paper}\n{'':<10}{method.headline}")
+        print(f"{name:<{width}}{method.paper}\n{'':<{width}}{method.headline}")
 
 
 COMMANDS["methods"] = (_add_methods, _run_methods)
