@@ -1,13 +1,10 @@
-"""Multi-stage methods on the engine: frozen parts, one optimiser per stage, resume inside a stage, torchrun."""
+"""Multi-stage methods on the engine: frozen parts, one optimiser per stage, resume inside a stage."""
 
 import csv
-import subprocess
-import textwrap
 
 import pytest
 import torch
 from conftest import make_category
-from test_distributed import environment, torchrun
 
 from draem import methods
 from draem.engine.train import TrainConfig, train
@@ -138,22 +135,3 @@ def test_a_multi_stage_run_keeps_its_number_of_steps(toy, tmp_path):
     train(toy_config(data, tmp_path / "run", max_steps=4))
     with pytest.raises(DraemError, match="cannot change its number of steps"):
         train(toy_config(data, tmp_path / "run", max_steps=8, resume=True))
-
-
-def test_torchrun_trains_stages_that_leave_parameters_without_gradients(tmp_path):
-    data = make_category(tmp_path / "widget", train=8)
-    script = tmp_path / "train_stages.py"
-    script.write_text(TOY_METHOD + textwrap.dedent(f"""
-        from draem import methods
-        from draem.engine.train import TrainConfig, train
-
-        methods.register(TwoStages)
-        train(TrainConfig(data={str(data)!r}, out={str(tmp_path / 'run')!r}, method="toy-stages", max_steps=4,
-                          batch_size=2, image_size=32, validation_fraction=0.0))
-    """))
-    done = subprocess.run(torchrun(2, str(script)), capture_output=True, text=True, env=environment(), timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "run" / "model.pt").exists()
-    stages = [line.split(",")[2] for line in (tmp_path / "run" / "losses.csv").read_text().splitlines()[1:]]
-    assert stages == ["first", "first", "second", "second"]
-
