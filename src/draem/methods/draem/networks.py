@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from draem.layers import PooledEncoder
+
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
@@ -31,25 +33,11 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class Encoder(nn.Module):
-    """Blocks `block1..blockN` of the given widths with max-pools `mp1..` between them; every output."""
+class Encoder(PooledEncoder):
+    """DRAEM's encoder: conv-BN-ReLU pairs of the given widths with max-pools between them; every output."""
 
     def __init__(self, in_channels: int, widths: list[int]) -> None:
-        super().__init__()
-        self.depth = len(widths)
-        for index, (c_in, c_out) in enumerate(zip([in_channels, *widths[:-1]], widths, strict=True), start=1):
-            if index > 1:
-                self.add_module(f"mp{index - 1}", nn.MaxPool2d(2))
-            self.add_module(f"block{index}", _block(c_in, c_out))
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for index in range(1, self.depth + 1):
-            if index > 1:
-                x = getattr(self, f"mp{index - 1}")(x)
-            x = getattr(self, f"block{index}")(x)
-            features.append(x)
-        return features
+        super().__init__(in_channels, widths, _block)
 
 
 class ReconstructiveDecoder(nn.Module):

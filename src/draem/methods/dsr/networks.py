@@ -14,6 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from draem.layers import PooledEncoder
+
 UNET_WIDTH = 64  # base width of the anomaly-detection and upsampling U-Nets, fixed in the authors' code
 OBJECT_LATENT = 64  # channels of the object-specific decoder's bottleneck, fixed in the authors' code
 
@@ -343,25 +345,11 @@ def _up(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True), *_conv_in_relu(c_in, c_out))
 
 
-class _Encoder(nn.Module):
-    """`block1..blockN` of the given widths with 2x2 max-pools `mp1..` between them; returns every block's output."""
+class _Encoder(PooledEncoder):
+    """Conv-IN-ReLU pairs of the given widths with 2x2 max-pools between them; returns every block's output."""
 
     def __init__(self, in_channels: int, widths: list[int]) -> None:
-        super().__init__()
-        self.depth = len(widths)
-        for index, (c_in, c_out) in enumerate(zip([in_channels, *widths[:-1]], widths, strict=True), start=1):
-            self.add_module(f"block{index}", _double(c_in, c_out))
-            if index < self.depth:
-                self.add_module(f"mp{index}", nn.Sequential(nn.MaxPool2d(2)))
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for index in range(1, self.depth + 1):
-            if index > 1:
-                x = getattr(self, f"mp{index - 1}")(x)
-            x = getattr(self, f"block{index}")(x)
-            features.append(x)
-        return features
+        super().__init__(in_channels, widths, _double)
 
 
 class _FeatureDecoder(nn.Module):
