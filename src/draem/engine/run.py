@@ -136,7 +136,8 @@ def build_model(method: str, options: dict[str, Any], path: Path) -> AnomalyMode
 
 def describe(model: AnomalyModel) -> str:
     """A method and its non-default options in a few words, for error messages."""
-    changed = {k: v for k, v in asdict(model.options).items() if v != getattr(type(model.options)(), k)}
+    defaults = asdict(type(model.options)())
+    changed = {k: v for k, v in asdict(model.options).items() if v != defaults[k]}
     return model.name + "".join(f" {k}={v}" for k, v in changed.items())
 
 

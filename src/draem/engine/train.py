@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import csv
+import itertools
 import json
 import logging
 import signal
@@ -293,6 +295,11 @@ def activate(model: AnomalyModel, stage: Stage) -> None:
         module.requires_grad_(True).train()
 
 
+def stage_at(ends: list[int], step: int) -> int:
+    """The index of the stage that runs step `step` (0-based), given each stage's last step; the last after the end."""
+    return min(bisect.bisect_right(ends, step), len(ends) - 1)
+
+
 def _stage_state(stages: list[Stage]) -> dict[str, dict[str, Any]]:
     return {"optimizers": {f"{s.name}/{n}": o.state_dict() for s in stages for n, o in s.optimizers.items()},
             "schedulers": {f"{s.name}/{i}": c.state_dict() for s in stages for i, c in enumerate(s.schedulers)}}
@@ -354,7 +361,8 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
     steps_per_epoch = batches_per_epoch(len(paths), global_batch, drop_partial=cluster.world > 1)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     stages = model.stages(total_steps)
-    ends = np.cumsum(split_steps(total_steps, [s.fraction for s in stages])).tolist()
+    counts = split_steps(total_steps, [s.fraction for s in stages])
+    ends = list(itertools.accumulate(counts))
 
     step = 0
     if state is not None:
@@ -376,14 +384,12 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
                                   "train_images": len(paths), "validation_images": len(held_out),
                                   "anomaly_sources": len(textures), "steps_per_epoch": steps_per_epoch,
                                   "total_steps": total_steps,
-                                  "stages": {s.name: n for s, n in zip(stages, np.diff([0, *ends]).tolist(),
-                                                                       strict=True)}})
+                                  "stages": {s.name: n for s, n in zip(stages, counts, strict=True)}})
 
     def save_checkpoint() -> None:
         if cluster.main:
-            current = stages[min(int(np.searchsorted(ends, step, side="right")), len(stages) - 1)].name
             save_torch(files.checkpoint, {"model": model.state_dict(), **_stage_state(stages), "step": step,
-                                          "stage": current, "total_steps": total_steps})
+                                          "stage": stages[stage_at(ends, step)].name, "total_steps": total_steps})
 
     def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         if cluster.any(not bool(torch.isfinite(loss.detach()).all()), device):
@@ -402,7 +408,7 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
         while step < total_steps and not stopping:
             epoch, skip = divmod(step, steps_per_epoch)
             for batch in _batches(dataset, config, cluster, len(dataset.textures), epoch, skip):
-                stage = stages[next(i for i, end in enumerate(ends) if step < end)]
+                stage = stages[stage_at(ends, step)]
                 activate(model, stage)
                 inputs = training_batch(batch, config, method, step, cluster.rank, device, memory_format, precision)
                 lr = stage.lr
