@@ -20,6 +20,7 @@ from draem import methods
 from draem.cli import main
 from draem.data.datasets import TrainImages
 from draem.deploy.onnx import InferenceGraph, OnnxRuntimeModel, export_onnx, max_difference
+from draem.engine import distributed
 from draem.engine.run import load_model
 from draem.engine.train import TrainConfig, activate, epoch_batches, prepare, train, training_batch
 from draem.methods.base import TrainBatch, split_steps
@@ -126,19 +127,25 @@ def test_onnx_export_matches_pytorch_for_every_method(trained, tmp_path):
     path = export_onnx(run, tmp_path / "model.onnx")
     graph = InferenceGraph(load_model(run))
     runtime = OnnxRuntimeModel(path)
+    tolerance = graph.model.float32_tolerance
+    assert tolerance <= 1e-3
     for batch in (1, 3):
-        assert max_difference(graph, runtime, torch.rand(batch, 3, SIZE, SIZE)) <= 1e-4
+        assert max_difference(graph, runtime, torch.rand(batch, 3, SIZE, SIZE)) <= tolerance
+    padded = torch.ones(2, SIZE, SIZE, dtype=torch.bool)
+    padded[1, :, SIZE // 2:] = False  # an image fitted by padding: the score ignores the padding in both
+    assert max_difference(graph, runtime, torch.rand(2, 3, SIZE, SIZE), padded) <= tolerance
 
 
 def test_scores_do_not_depend_on_the_batch(trained):
+    """In float64, so that oneDNN's batch-dependent float32 kernels (1e-4 apart on a deep net) hide nothing."""
     _, _, run = trained
-    model = load_model(run).model
-    images = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    model = load_model(run).model.double()
+    images = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
         together = model.predict(images)
         alone = [model.predict(images[i:i + 1]) for i in range(4)]
-    torch.testing.assert_close(together[0], torch.cat([a[0] for a in alone]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(together[1], torch.cat([a[1] for a in alone]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(together[0], torch.cat([a[0] for a in alone]), atol=1e-7, rtol=0)
+    torch.testing.assert_close(together[1], torch.cat([a[1] for a in alone]), atol=1e-7, rtol=0)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -163,12 +170,15 @@ def test_killed_run_resumes_to_the_same_model(name, tmp_path):
 
 
 GRADIENT_SCRIPT = textwrap.dedent("""
-    import sys, json
+    import json, os, sys
+    from pathlib import Path
     from draem.engine.train import TrainConfig, train
 
     data, out, name, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     train(TrainConfig(data=data, out=out, method=name, options=options, max_steps=1, batch_size=2,
                       image_size=32, validation_fraction=0.0, channels_last=False))
+    threads = [Path(f"/proc/self/task/{task}/comm").read_text().strip() for task in os.listdir("/proc/self/task")]
+    Path(out, f"threads-{os.environ['RANK']}.txt").write_text(" ".join(threads))
 """)
 
 
@@ -178,9 +188,40 @@ def first_stage(stages: list) -> object:
     return next(stage for stage, count in zip(stages, counts, strict=True) if count)
 
 
-def replay_two_processes(config: TrainConfig, method: type, data: Path) -> dict[str, torch.Tensor]:
+class ThreadProcesses:
+    """Two threads standing in for two processes in `distributed.sum_over_processes` and `share_first_process`."""
+
+    def __init__(self) -> None:
+        self.barrier = threading.Barrier(2)
+        self.local = threading.local()
+        self.slots: list[list[torch.Tensor]] = [[], []]
+
+    def _exchange(self, tensors: tuple[torch.Tensor, ...]) -> list[list[torch.Tensor]]:
+        self.slots[self.local.rank] = [t.detach().clone() for t in tensors]
+        self.barrier.wait()
+        seen = [list(slot) for slot in self.slots]
+        self.barrier.wait()
+        return seen
+
+    def sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
+        first, second = self._exchange((tensor,))
+        tensor.copy_(first[0] + second[0])
+        return tensor
+
+    def share_first_process(self, *tensors: torch.Tensor) -> None:
+        first, _ = self._exchange(tensors)
+        for tensor, value in zip(tensors, first, strict=True):
+            tensor.data.copy_(value)
+
+
+def replay_two_processes(config: TrainConfig, method: type, data: Path,
+                         monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
     """Rank 0's weights after one step of two simulated processes: two model copies in two threads, their
-    gradients averaged at every optimiser step, each fed its shard and its own random draws."""
+    gradients averaged at every optimiser step and state a method sums over processes summed over the threads,
+    each fed its shard and its own random draws."""
+    processes = ThreadProcesses()
+    monkeypatch.setattr(distributed, "sum_over_processes", processes.sum_over_processes)
+    monkeypatch.setattr(distributed, "share_first_process", processes.share_first_process)
     copies = []
     for _ in range(2):
         torch.manual_seed(config.seed)
@@ -209,6 +250,7 @@ def replay_two_processes(config: TrainConfig, method: type, data: Path) -> dict[
         return update
 
     def run(rank: int) -> None:
+        processes.local.rank = rank
         loader = {"image": torch.stack([dataset[p]["image"] for p in pairs[2 * rank:2 * rank + 2]])}
         batch = training_batch(loader, config, method, 0, rank, torch.device("cpu"), torch.contiguous_format)
         activate(copies[rank], stages[rank])
@@ -228,7 +270,7 @@ def replay_two_processes(config: TrainConfig, method: type, data: Path) -> dict[
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_two_gloo_processes_average_the_gradients_of_their_shards(name, tmp_path):
+def test_two_gloo_processes_average_the_gradients_of_their_shards(name, tmp_path, monkeypatch):
     data = make_category(tmp_path / "widget", train=4)
     script = tmp_path / "train_once.py"
     script.write_text(GRADIENT_SCRIPT)
@@ -236,9 +278,11 @@ def test_two_gloo_processes_average_the_gradients_of_their_shards(name, tmp_path
     done = subprocess.run(torchrun(2, str(script), str(data), str(tmp_path / "two"), name, json.dumps(options)),
                           capture_output=True, text=True, env=environment(), timeout=300)
     assert done.returncode == 0, done.stderr
+    for rank in (0, 1):  # gloo's threads would otherwise outlive the group and may abort the exit
+        assert "gloo" not in (tmp_path / "two" / f"threads-{rank}.txt").read_text(), "process group left running"
     config, method = prepare(TrainConfig.from_dict(json.loads((tmp_path / "two" / "config.json").read_text())["train"]))
     two = torch.load(tmp_path / "two" / "checkpoint.pt")["model"]
-    ours = replay_two_processes(config, method, data)
+    ours = replay_two_processes(config, method, data, monkeypatch)
     assert ours.keys() == two.keys()
     for key, value in ours.items():
         if value.is_floating_point():

@@ -26,11 +26,18 @@ class Cluster:
 
     @classmethod
     def from_environment(cls, device: torch.device) -> Cluster:
-        """Join the process group torchrun describes in the environment; NCCL on GPUs, gloo on CPUs."""
+        """Join the process group torchrun describes in the environment; NCCL on GPUs, gloo on CPUs.
+
+        torch._dynamo is imported first: the optimisers import it on first use, and imported after the group
+        exists it keeps references to it, so `close` would leave gloo's threads running into interpreter
+        shutdown, where releasing a finished collective's tensors aborts the process ("terminate called
+        without an active exception").
+        """
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return cls()
         if not dist.is_initialized():
+            import torch._dynamo  # noqa: F401
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -81,6 +88,25 @@ class Cluster:
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def process_count() -> int:
+    """How many training processes torch.distributed runs (1 without torchrun)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor in place over all processes (state kept outside gradients, e.g. EMA codebooks); returned."""
+    if process_count() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def share_first_process(*tensors: torch.Tensor) -> None:
+    """Give every process the first process's values of these tensors, in place."""
+    if process_count() > 1:
+        for tensor in tensors:
+            dist.broadcast(tensor.data, src=0)
 
 
 class _GlobalMoments(torch.autograd.Function):

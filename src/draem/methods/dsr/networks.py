@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from draem.engine import distributed
 from draem.layers import PooledEncoder
 
 UNET_WIDTH = 64  # base width of the anomaly-detection and upsampling U-Nets, fixed in the authors' code
@@ -32,28 +32,6 @@ class DsrConfig:
     commitment_cost: float = 0.25
     decay: float = 0.99
     unet_width: int = UNET_WIDTH
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Keeping EMA codebooks identical across torchrun processes (the engine averages gradients, not buffers)
-
-
-def _processes() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor in place over all processes when torch.distributed runs several; returned for chaining."""
-    if _processes() > 1:
-        dist.all_reduce(tensor)
-    return tensor
-
-
-def share_first_process(*tensors: torch.Tensor) -> None:
-    """Give every process the first process's values of these tensors (in place; nothing in one process)."""
-    if _processes() > 1:
-        for tensor in tensors:
-            dist.broadcast(tensor.data, src=0)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -137,7 +115,7 @@ class VectorQuantizerEMA(nn.Module):
             statistics = torch.zeros(self._num_embeddings, 1 + self._embedding_dim, device=flat.device)
             statistics[:, 0] = torch.bincount(indices.flatten(), minlength=self._num_embeddings)
             statistics[:, 1:].index_add_(0, indices.flatten(), flat)
-            counts, sums = sum_over_processes(statistics).split([1, self._embedding_dim], dim=1)
+            counts, sums = distributed.sum_over_processes(statistics).split([1, self._embedding_dim], dim=1)
             size = self._ema_cluster_size
             size.mul_(self._decay).add_(counts[:, 0], alpha=1.0 - self._decay)
             total = size.sum()
@@ -153,7 +131,7 @@ class VectorQuantizerEMA(nn.Module):
         self._embedding.weight[codes] = vectors
         self._ema_w[codes] = vectors
         self._ema_cluster_size[codes] = 1.0
-        share_first_process(self._embedding.weight, self._ema_w, self._ema_cluster_size)
+        distributed.share_first_process(self._embedding.weight, self._ema_w, self._ema_cluster_size)
 
 
 # --------------------------------------------------------------------------------------------------------------------

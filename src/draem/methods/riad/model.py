@@ -111,9 +111,9 @@ def inpaint(network: nn.Module, images: torch.Tensor, masks: torch.Tensor,
     Copy j (masked pixels 0 in [-1, 1]) fills the pixels of mask j; the three copies run in one forward pass.
     """
     count = images.shape[0]
-    removed = masks.to(images.device).expand(-1, count, -1, -1, -1)
+    removed = masks.to(images.device, images.dtype).expand(-1, count, -1, -1, -1)
     copies = ((images * 2 - 1)[None] * (1 - removed)).flatten(0, 1)
-    outputs = (network(copies.contiguous(memory_format=memory_format)).float() + 1) / 2
+    outputs = (network(copies.contiguous(memory_format=memory_format)).to(images.dtype) + 1) / 2
     return (outputs.unflatten(0, (COPIES, count)) * removed).sum(dim=0)
 
 
@@ -166,7 +166,6 @@ class RiadModel(AnomalyModel):
         return inpaint(self.unet, images, fixed_masks(images.shape[-2:], cell))
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.float()
         cells = self.options.cells()
         inpainted = [self.inpaint(images, cell) for cell in cells]
         with torch.autocast(images.device.type, enabled=False):
