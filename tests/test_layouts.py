@@ -185,6 +185,12 @@ def test_folders_match_masks_by_stem(folders):
         ("c.jpg", "defect", "c_GT.png")]
 
 
+def test_training_folders_include_their_subfolders(folders):
+    write_png(folders["normal"] / "textures" / "banded" / "n3.png", PLAIN)  # e.g. DTD's class folders
+    names = [p.name for p in FolderDataset(folders["normal"]).train_images()]
+    assert names == ["n0.png", "n1.png", "n2.png", "n3.png"]
+
+
 def test_folders_without_masks_give_image_level_samples(folders):
     dataset = FolderDataset(folders["normal"], folders["test_normal"], folders["abnormal"])
     assert dataset.name == "normal"

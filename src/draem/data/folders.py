@@ -12,9 +12,9 @@ DEFECT = "defect"
 MASK_SUFFIXES = ("", "_mask", "_GT")
 
 
-def _images(folder: Path, what: str) -> list[Path]:
-    """Images in a folder that must exist and hold some."""
-    paths = list_images(require_dir(folder, what))
+def _images(folder: Path, what: str, recursive: bool = False) -> list[Path]:
+    """Images in a folder (and its subfolders if `recursive`) that must exist and hold some."""
+    paths = list_images(require_dir(folder, what), recursive)
     if not paths:
         raise DraemError(f"{folder}: no images in the {what}")
     return paths
@@ -58,7 +58,7 @@ class FolderDataset:
     def train_images(self) -> list[Path]:
         if self.train_normal is None:
             raise DraemError("--normal: no folder of defect-free training images given")
-        return _images(self.train_normal, "folder of defect-free training images")
+        return _images(self.train_normal, "folder of defect-free training images", recursive=True)
 
     def _mask_of(self, image: Path, index: dict[str, Path]) -> Path:
         """The mask matched to a defective image by stem, or a DraemError naming the image."""

@@ -11,7 +11,6 @@ import torch
 from draem.engine.devices import autocast, resolve_precision
 from draem.engine.run import LoadedModel
 from draem.errors import DraemError
-from draem.scoring import image_score
 
 log = logging.getLogger("draem")
 
@@ -51,10 +50,7 @@ class Predictor:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps (B, S, S) and image scores (B,) for fitted RGB images (B, 3, S, S) in [0, 1]."""
         if self.runtime is not None:
-            maps, scores = self.runtime(images)
-            if valid is None or valid.all():
-                return maps, scores
-            return maps, image_score(maps, valid, self.loaded.info.score_window)
+            return self.runtime(images, valid)
         images = images.to(self.device, non_blocking=True)
         if self.loaded.info.channel_order == "BGR":
             images = images.flip(1)
