@@ -1,65 +1,78 @@
-"""How far the fast path (bf16 channels-last) moves metrics and anomaly maps from the exact fp32 path.
+"""How far the fast inference paths move a trained model's results: metrics and the largest map difference.
 
-    python benchmarks/fast_path_accuracy.py --run RUN --data ../shared/data/mtd
-    python benchmarks/fast_path_accuracy.py --full-size-steps 40 --data ../shared/data/mtd
+    python benchmarks/fast_path_accuracy.py --run runs/mtd --data mtd --out fast-paths [--keep-float 0 1 2]
 
-The second form first trains a full-size (128/64) model for a few bf16 steps (fast path needs a model
-whose maps are not flat) and then compares on it.
+Each path is tested like `draem test --backend ... --precision ...` on a copy of the run's model.pt under --out
+(the run itself is not written to): PyTorch bf16 (where the CPU has native bf16), onnxruntime fp32, and int8
+graphs with 0, 1, 2... of their last convolutions kept in float32, all against PyTorch fp32. Printed: every
+metric's change and the largest absolute difference of anomaly maps and of image scores over the whole test set.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
+import shutil
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from draem.data.catalog import open_dataset
+from draem.data.catalog import select_dataset
 from draem.data.datasets import LabelledImages
+from draem.deploy.quantize import export_int8, run_training_images
+from draem.engine.devices import cpu_has_native_bf16
 from draem.engine.evaluate import METRIC_NAMES, EvaluationConfig, evaluate
 from draem.engine.inference import Predictor
 from draem.engine.run import load_model
-from draem.engine.train import TrainConfig, train
-
-CPU = torch.device("cpu")
 
 
-def largest_map_difference(run: str, data: str, category: str | None, images: int) -> float:
-    """Max abs difference of anomaly maps, fp32 vs bf16, over the first `images` test images."""
+def copy_of_run(run: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(run / "model.pt", folder / "model.pt")
+    return folder
+
+
+def maps_and_scores(run: Path, data: str, category: str | None, backend: str, precision: str
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     loaded = load_model(run)
-    samples = open_dataset(data, category).test_samples()[:images]
-    loader = DataLoader(LabelledImages(samples, loaded.info.image_size, loaded.info.fit), batch_size=4)
-    exact, fast = Predictor(load_model(run), CPU, "fp32"), Predictor(load_model(run), CPU, "bf16")
-    worst = 0.0
-    for batch in loader:
-        worst = max(worst, float((exact(batch["image"])[0] - fast(batch["image"])[0]).abs().max()))
-    return worst
+    samples = select_dataset(data, category).test_samples()
+    images = LabelledImages(samples, loaded.info.image_size, loaded.info.fit, loaded.info.resize)
+    predictor = Predictor(loaded, torch.device("cpu"), precision, backend)
+    maps, scores = zip(*[(m, s) for _, m, s in predictor.run(DataLoader(images, batch_size=8))], strict=True)
+    return torch.cat(maps), torch.cat(scores)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", help="a trained run; without it a full-size model is trained first")
+    parser.add_argument("--run", required=True, type=Path)
     parser.add_argument("--data", required=True)
     parser.add_argument("--category")
-    parser.add_argument("--full-size-steps", type=int, default=40)
-    parser.add_argument("--map-images", type=int, default=64, help="images for the map comparison")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--keep-float", type=int, nargs="+", default=[0, 1, 2],
+                        help="int8 variants: how many of the last convolutions stay float32")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        run = args.run
-        if run is None:
-            run = str(Path(folder) / "full")
-            train(TrainConfig(data=args.data, category=args.category, out=run, max_steps=args.full_size_steps,
-                              precision="bf16", validation_fraction=0.05))
-        results = {p: evaluate(EvaluationConfig(run=run, data=args.data, category=args.category, precision=p,
-                                                out=str(Path(folder) / p)))["overall"] for p in ("fp32", "bf16")}
-        print(f"{'metric':<14}{'fp32':>10}{'bf16':>10}{'|diff|':>10}")
-        for name in METRIC_NAMES:
-            exact, fast = results["fp32"][name], results["bf16"][name]
-            print(f"{name:<14}{exact:>10.4f}{fast:>10.4f}{abs(exact - fast):>10.4f}")
-        difference = largest_map_difference(run, args.data, args.category, args.map_images)
-        print(f"largest anomaly-map difference over {args.map_images} images: {difference:.4f}")
+    training = run_training_images(args.run)
+    variants = {"pytorch fp32": ("torch", "fp32", copy_of_run(args.run, args.out / "torch"))}
+    if cpu_has_native_bf16():
+        variants["pytorch bf16"] = ("torch", "bf16", copy_of_run(args.run, args.out / "bf16"))
+    variants["onnxruntime fp32"] = ("onnxruntime", "fp32", copy_of_run(args.run, args.out / "onnx"))
+    for keep in args.keep_float:
+        folder = copy_of_run(args.run, args.out / f"int8-float-tail-{keep}")
+        export_int8(folder, folder / "model.int8.onnx", training, keep_float=keep)
+        variants[f"int8, last {keep} conv fp32"] = ("onnxruntime-int8", "fp32", folder)
+    results = {}
+    for label, (backend, precision, folder) in variants.items():
+        metrics = evaluate(EvaluationConfig(run=str(folder), data=args.data, category=args.category, out=str(folder),
+                                            precision=precision, backend=backend))["overall"]
+        results[label] = (metrics, *maps_and_scores(folder, args.data, args.category, backend, precision))
+    reference, reference_maps, reference_scores = results["pytorch fp32"]
+    print(f"{'path':<28}" + "".join(f"{name:>14}" for name in METRIC_NAMES) + f"{'max |map|':>11}{'max |score|':>12}")
+    for label, (metrics, maps, scores) in results.items():
+        deltas = "".join(f"{metrics[n] - reference[n]:>+14.4f}" if metrics[n] is not None else f"{'n/a':>14}"
+                         for n in METRIC_NAMES)
+        print(f"{label:<28}{deltas}{float((maps - reference_maps).abs().max()):>11.4f}"
+              f"{float((scores - reference_scores).abs().max()):>12.4f}")
+    print("pytorch fp32 metrics: " + ", ".join(f"{n} {reference[n]:.4f}" for n in METRIC_NAMES))
 
 
 if __name__ == "__main__":

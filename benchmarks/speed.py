@@ -84,6 +84,28 @@ def onnx_inference(run: Path, batch: int) -> Callable[[], None]:
     return lambda: runtime(images)
 
 
+def int8_inference(run: Path, batch: int, calibration: list[Path]) -> Callable[[], None]:
+    from draem.deploy.onnx import OnnxRuntimeModel
+    from draem.deploy.quantize import export_int8
+
+    path = run / "model.int8.onnx"
+    if not path.exists():
+        export_int8(run, path, calibration)
+    runtime = OnnxRuntimeModel(path)
+    images = torch.rand(batch, 3, SIZE, SIZE)
+    return lambda: runtime(images)
+
+
+def random_images(folder: Path, count: int) -> list[Path]:
+    """Random RGB images on disk (to calibrate int8 graphs on, whose speed does not depend on it, or to predict)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = [folder / f"{index}.png" for index in range(count)]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(path)
+    return paths
+
+
 def training_step(model: AnomalyModel, batch: int, precision: str, channels_last: bool) -> Callable[[], None]:
     """One step of the method's own training step (simulation and losses included), as the engine runs it."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -113,6 +135,7 @@ def make_run(folder: Path, widths: tuple[int, int]) -> Path:
 
 def inference(networks: list[str], batches: list[int], seconds: float, work: Path) -> None:
     print(f"{'what':<10}{'network':<16}{'mode':<22}{'batch':>6}{'images/s':>11}{'vs base':>8}")
+    calibration = random_images(work / "calibration", 8)
     for name in networks:
         run = make_run(work / name, WIDTHS[name])
         label = f"{name} {WIDTHS[name][0]}/{WIDTHS[name][1]}"
@@ -125,6 +148,8 @@ def inference(networks: list[str], batches: list[int], seconds: float, work: Pat
                 row("infer", label, mode, batch, value, baseline)
             row("infer", label, "onnxruntime fp32", batch, images_per_second(batch, onnx_inference(run, batch),
                                                                              seconds), baseline)
+            row("infer", label, "onnxruntime int8", batch,
+                images_per_second(batch, int8_inference(run, batch, calibration), seconds), baseline)
 
 
 def training(networks: list[str], seconds: float) -> None:
@@ -165,10 +190,7 @@ def peak_memory(work: Path) -> None:
     """Peak resident memory of `draem predict` on the full-size model, per batch size and precision."""
     run = make_run(work / "memory", WIDTHS["full"])
     inputs = work / "inputs"
-    inputs.mkdir(exist_ok=True)
-    rng = np.random.default_rng(0)
-    for index in range(16):
-        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(inputs / f"{index}.png")
+    random_images(inputs, 16)
     for precision in PRECISIONS:
         for batch in (1, 8):
             arguments = ["predict", "--run", str(run), str(inputs), "--out", str(work / f"out{batch}{precision}"),

@@ -1,9 +1,16 @@
+import csv
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import FIXTURES, make_category
 
 from draem.cli import main
+from draem.data import datasets
 from draem.deploy.onnx import InferenceGraph, OnnxRuntimeModel, export_onnx, max_difference
+from draem.deploy.quantize import export_int8
+from draem.errors import DraemError
 from draem.engine.devices import cpu_has_native_bf16, resolve_precision
 from draem.engine.inference import Predictor
 from draem.engine.run import load_model
@@ -85,6 +92,58 @@ def test_predict_and_test_run_on_onnxruntime(tiny_run, tmp_path, capsys):
     images = torch.rand(3, 3, 64, 64)
     for a, b in zip(ours(images), onnx(images), strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_int8_graph_quantises_all_but_the_last_convolution_and_stays_near_fp32(tiny_run, tmp_path, monkeypatch):
+    import onnx
+
+    data, run = tiny_run
+    seen = []
+    original = datasets.read_image
+    monkeypatch.setattr(datasets, "read_image", lambda path: seen.append(Path(path)) or original(path))
+    path = export_int8(run, tmp_path / "model.int8.onnx")
+    assert seen and all(p.parent == data / "train" / "good" for p in seen), "calibration reads training images only"
+    nodes = list(onnx.load(str(path)).graph.node)
+    produced_by = {output: node.op_type for node in nodes for output in node.output}
+    convolutions = [node for node in nodes if node.op_type == "Conv"]
+    quantised = [produced_by.get(node.input[1]) == "DequantizeLinear" for node in convolutions]
+    assert all(quantised[:-1]) and not quantised[-1], "int8 weights everywhere but the map's last convolution"
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    exact, fast = OnnxRuntimeModel(export_onnx(run, tmp_path / "model.onnx"))(images), OnnxRuntimeModel(path)(images)
+    assert float((exact[0] - fast[0]).abs().max()) <= 0.02 and float((exact[1] - fast[1]).abs().max()) <= 0.02
+
+
+def test_the_int8_backend_is_recorded_in_predictions_and_the_report(tiny_run, tmp_path):
+    data, run = tiny_run
+    out = tmp_path / "predictions"
+    assert main(["predict", "--run", str(run), str(data / "test" / "good"), "--out", str(out),
+                 "--backend", "onnxruntime-int8"]) == 0
+    assert (run / "model.int8.onnx").exists(), "quantised on first use"
+    with (out / "predictions.csv").open() as stream:
+        assert {row["backend"] for row in csv.DictReader(stream)} == {"onnxruntime-int8"}
+    assert main(["test", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "test"),
+                 "--backend", "onnxruntime-int8"]) == 0
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert (metrics["backend"], metrics["precision"]) == ("onnxruntime-int8", "int8")
+    assert "backend: onnxruntime-int8" in (tmp_path / "test" / "report.html").read_text()
+
+
+def test_calibration_needs_int8_and_old_graphs_are_refused(tiny_run, tmp_path, capsys):
+    import onnx
+
+    _, run = tiny_run
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "m.onnx"), "--calibration", str(tmp_path)]) == 2
+    assert "--calibration is only used with --int8" in capsys.readouterr().err
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])  # an older graph: image only
+    copy = helper.make_tensor_value_info("copy", TensorProto.FLOAT, [1, 3, 8, 8])
+    old = helper.make_model(helper.make_graph([helper.make_node("Identity", ["image"], ["copy"])], "old", [image],
+                                              [copy]), opset_imports=[helper.make_opsetid("", 18)])
+    old.ir_version = 9
+    onnx.save(old, str(tmp_path / "old.onnx"))
+    with pytest.raises(DraemError, match="old.onnx: a graph with inputs"):
+        OnnxRuntimeModel(tmp_path / "old.onnx")
 
 
 def test_bf16_is_chosen_only_where_native(tmp_path):

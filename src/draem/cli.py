@@ -19,6 +19,8 @@ from draem.engine.inference import BACKENDS
 from draem.errors import DraemError
 
 log = logging.getLogger("draem")
+BACKEND_HELP = ("onnxruntime runs the run's model.onnx (exported on first use); onnxruntime-int8 its int8 "
+                "model.int8.onnx (quantised on first use, calibrated on the run's training images)")
 
 
 class _Help(argparse.HelpFormatter):
@@ -139,6 +141,7 @@ def _add_test(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 where the CPU/GPU computes it natively (fast), else fp32 (exact)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--out", help="where metrics.json goes (default: the run directory)")
     p.add_argument("--score-window", type=int,
@@ -172,8 +175,7 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--map-format", choices=("png", "npy"), default="png",
                    help="anomaly maps as 16-bit PNG or float32 .npy")
-    p.add_argument("--backend", choices=BACKENDS, default="torch",
-                   help="onnxruntime runs the run's model.onnx (exported on first use)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
 
 
 def _run_predict(args: argparse.Namespace) -> None:
@@ -247,16 +249,27 @@ def _run_import_official(args: argparse.Namespace) -> None:
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("export", help="export a run's model (image -> map, score) to ONNX")
+    p = commands.add_parser("export", help="export a run's model ((image, valid) -> map, score) to ONNX")
     p.add_argument("--run", required=True, help="run directory (or model.pt)")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
     p.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
+    p.add_argument("--int8", action="store_true", help="quantise to int8 (QDQ), calibrated on training images")
+    p.add_argument("--calibration", help="with --int8: folder of defect-free images to calibrate on (default: "
+                                         "the run's own training images)")
 
 
 def _run_export(args: argparse.Namespace) -> None:
+    from draem.data.folders import FolderDataset
     from draem.deploy.onnx import export_onnx
+    from draem.deploy.quantize import export_int8
 
-    print(export_onnx(args.run, args.out))
+    if args.calibration and not args.int8:
+        raise DraemError("--calibration is only used with --int8")
+    if args.int8:
+        calibration = FolderDataset(Path(args.calibration)).train_images() if args.calibration else None
+        print(export_int8(args.run, args.out, calibration))
+    else:
+        print(export_onnx(args.run, args.out))
 
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:

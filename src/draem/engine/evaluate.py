@@ -43,6 +43,7 @@ class EvaluationConfig:
     batch_size: int = 8
     device: str = "auto"
     precision: str = "auto"
+    backend: str = "torch"
     workers: int = 0
     out: str | None = None
     score_window: int | None = None
@@ -110,7 +111,7 @@ def evaluate(config: EvaluationConfig) -> dict:
     dataset = select_dataset(config.data, config.category, config.normal, config.abnormal, config.masks,
                              trained_on=training_folder(loaded.path.parent), testing=True)
     samples = dataset.test_samples()
-    predictor = Predictor(loaded, resolve_device(config.device), config.precision)
+    predictor = Predictor(loaded, resolve_device(config.device), config.precision, config.backend)
     images = LabelledImages(samples, loaded.info.image_size, loaded.info.fit, loaded.info.resize)
     loader = DataLoader(images, batch_size=config.batch_size, num_workers=config.workers)
     has_masks = all(s.mask_path is not None for s in samples if s.defect_type != GOOD)
@@ -139,7 +140,7 @@ def evaluate(config: EvaluationConfig) -> dict:
     metrics = {
         "run": str(loaded.path), "method": loaded.info.method, "options": loaded.info.options,
         "data": str(dataset.root), "category": dataset.name,
-        "precision": predictor.precision, "score_window": loaded.info.score_window,
+        "precision": predictor.precision, "backend": predictor.backend, "score_window": loaded.info.score_window,
         "resize": loaded.info.resize,
         "overall": group_metrics([GOOD, *types]),
         "defect_types": {t: group_metrics([GOOD, t]) for t in types},

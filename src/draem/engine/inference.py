@@ -14,14 +14,15 @@ from draem.errors import DraemError
 
 log = logging.getLogger("draem")
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 
 
 @dataclass
 class Predictor:
     """A loaded model on a device, channels-last, in fp32 or bf16 ('auto': bf16 where native).
 
-    The onnxruntime backend runs the run's model.onnx (exported on first use) in fp32 on the CPU.
+    The onnxruntime backend runs the run's model.onnx (exported on first use) in fp32 on the CPU;
+    onnxruntime-int8 runs model.int8.onnx (quantised on first use, calibrated on the run's training images).
     """
 
     loaded: LoadedModel
@@ -35,14 +36,16 @@ class Predictor:
         self.precision = resolve_precision(self.precision, self.device)
         self.model = self.loaded.model.to(self.device, memory_format=torch.channels_last).eval()
         self.runtime = None
-        if self.backend == "onnxruntime":
+        if self.backend.startswith("onnxruntime"):
             from draem.deploy.onnx import OnnxRuntimeModel, export_onnx
+            from draem.deploy.quantize import export_int8
 
-            path = self.loaded.path.parent / "model.onnx"
+            int8 = self.backend == "onnxruntime-int8"
+            path = self.loaded.path.parent / ("model.int8.onnx" if int8 else "model.onnx")
             if not path.exists():
-                log.info("exporting %s to %s for onnxruntime", self.loaded.path, path)
-                export_onnx(self.loaded.path, path)
-            self.precision = "fp32"
+                log.info("exporting %s to %s for %s", self.loaded.path, path, self.backend)
+                (export_int8 if int8 else export_onnx)(self.loaded.path.parent, path)
+            self.precision = "int8" if int8 else "fp32"
             self.runtime = OnnxRuntimeModel(path)
 
     @torch.inference_mode()

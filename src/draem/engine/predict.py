@@ -27,7 +27,7 @@ from draem.report.overlay import map_to_png16, overlay, png_bytes, to_pil
 
 log = logging.getLogger("draem")
 
-COLUMNS = ("path", "score", "normalized_score", "decision", "map", "overlay", "mask", "error")
+COLUMNS = ("path", "score", "normalized_score", "decision", "map", "overlay", "mask", "backend", "error")
 MAP_FORMATS = ("png", "npy")
 
 
@@ -197,7 +197,7 @@ def predict(config: PredictConfig) -> tuple[int, int]:
 
 def _rows(loader: DataLoader, predictor: Predictor, images: Sequence[InputImage], out: Path,
           map_format: str) -> Iterator[dict]:
-    empty = dict.fromkeys(COLUMNS, "")
+    empty = dict.fromkeys(COLUMNS, "") | {"backend": predictor.backend}
     for batch in tqdm(loader, desc="predict", unit="batch", dynamic_ncols=True):
         for index, error in batch["failed"]:
             yield empty | {"path": str(images[index].path), "error": error}

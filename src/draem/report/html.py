@@ -388,7 +388,7 @@ def render_report(content: ReportContent) -> str:
                   "true_detections": point["tp"]}
     meta = " · ".join(escape(f"{name}: {content.metrics[key]}") for key, name in
                       (("category", "category"), ("data", "test data"), ("run", "model"),
-                       ("precision", "precision")) if content.metrics.get(key))
+                       ("precision", "precision"), ("backend", "backend")) if content.metrics.get(key))
     meta += f"{' · ' if meta else ''}{labels.size} test images ({int(labels.sum())} defective)"
     links = [("summary", "Summary"), ("metrics", "Metrics"), ("curves", "Curves"), ("scores", "Scores"),
              *((key.replace("_", "-"), title) for key, title, _ in GALLERIES)]
