@@ -5,7 +5,8 @@
 Each path is tested like `draem test --backend ... --precision ...` on a copy of the run's model.pt under --out
 (the run itself is not written to): PyTorch bf16 (where the CPU has native bf16), onnxruntime fp32, and int8
 graphs with 0, 1, 2... of their last convolutions kept in float32, all against PyTorch fp32. Printed: every
-metric's change and the largest absolute difference of anomaly maps and of image scores over the whole test set.
+metric's change, and the largest absolute difference of anomaly maps and of image scores on --map-images test
+images spread over the test set.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ def copy_of_run(run: Path, folder: Path) -> Path:
     return folder
 
 
-def maps_and_scores(run: Path, data: str, category: str | None, backend: str, precision: str
+def maps_and_scores(run: Path, data: str, category: str | None, backend: str, precision: str, count: int
                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anomaly maps and scores of `count` test images spread over the test set."""
     loaded = load_model(run)
     samples = select_dataset(data, category).test_samples()
+    samples = [samples[i] for i in torch.linspace(0, len(samples) - 1, min(count, len(samples))).round().long()]
     images = LabelledImages(samples, loaded.info.image_size, loaded.info.fit, loaded.info.resize)
     predictor = Predictor(loaded, torch.device("cpu"), precision, backend)
     maps, scores = zip(*[(m, s) for _, m, s in predictor.run(DataLoader(images, batch_size=8))], strict=True)
@@ -48,6 +51,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--category")
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--map-images", type=int, default=64, help="test images for the map comparison")
     parser.add_argument("--keep-float", type=int, nargs="+", default=[0, 1, 2],
                         help="int8 variants: how many of the last convolutions stay float32")
     args = parser.parse_args()
@@ -64,7 +68,8 @@ def main() -> None:
     for label, (backend, precision, folder) in variants.items():
         metrics = evaluate(EvaluationConfig(run=str(folder), data=args.data, category=args.category, out=str(folder),
                                             precision=precision, backend=backend))["overall"]
-        results[label] = (metrics, *maps_and_scores(folder, args.data, args.category, backend, precision))
+        results[label] = (metrics, *maps_and_scores(folder, args.data, args.category, backend, precision,
+                                                    args.map_images))
     reference, reference_maps, reference_scores = results["pytorch fp32"]
     print(f"{'path':<28}" + "".join(f"{name:>14}" for name in METRIC_NAMES) + f"{'max |map|':>11}{'max |score|':>12}")
     for label, (metrics, maps, scores) in results.items():

@@ -1,6 +1,7 @@
 """The engine's promises, checked for every registered method with its tiny options."""
 
 import csv
+import html
 import json
 import signal
 import subprocess
@@ -107,7 +108,7 @@ def test_test_writes_metrics_for_every_method(trained):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["method"] == name
     assert 0 <= metrics["overall"]["image_auroc"] <= 1 and 0 <= metrics["overall"]["pixel_auroc"] <= 1
-    assert (run / "report.html").exists()
+    assert html.escape(methods.get(name).report_note) in (run / "report.html").read_text()
 
 
 def test_predict_writes_maps_for_every_method(trained, tmp_path):

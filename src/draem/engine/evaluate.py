@@ -162,7 +162,7 @@ def evaluate(config: EvaluationConfig) -> dict:
     content = ReportContent(
         title=f"{loaded.info.method.upper()} on {dataset.name}", metrics=metrics, image_scores=image_scores.numpy(),
         labels=labels.numpy(), defect_types=[s.defect_type for s in samples], thresholds=thresholds,
-        pixel_curve=pixel_curve(pixels) if has_masks else None,
+        pixel_curve=pixel_curve(pixels) if has_masks else None, note=loaded.model.report_note,
         **{name: _examples(predictor, images, indices, name.replace("_", " ")[:-1], pixel_threshold)
            for name, indices in chosen.items()})
     write_report(files.report, content)

@@ -161,6 +161,8 @@ class AnomalyModel(nn.Module):
     float32_tolerance: ClassVar[float] = 1e-4
     """How far two float32 computations of its maps and scores may differ (PyTorch against onnxruntime)."""
     official_files: ClassVar[dict[str, str]] = {}
+    report_note: ClassVar[str] = ""
+    """A line the test report shows under its summary (e.g. what the paper does not report)."""
     ablation_rows: ClassVar[tuple[AblationRow, ...]] = ()
 
     def __init__(self, options: Options) -> None:

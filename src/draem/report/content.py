@@ -44,6 +44,7 @@ class ReportContent:
     defect_types: list[str]
     thresholds: dict
     pixel_curve: PixelCurve | None
+    note: str = ""
     false_positives: list[Example] = field(default_factory=list)
     false_negatives: list[Example] = field(default_factory=list)
     true_detections: list[Example] = field(default_factory=list)

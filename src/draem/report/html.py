@@ -249,6 +249,10 @@ def _decision(content: ReportContent, threshold: float | None, threshold_name: s
     return f'<div class="decision"><div>{left}</div><div>{right}</div></div>'
 
 
+def _note(text: str) -> str:
+    return f'<p class="lead">{escape(text)}</p>' if text else ""
+
+
 def _metrics_table(metrics: dict) -> str:
     header = "".join(f"<th>{name}</th>" for _, name in METRIC_COLUMNS)
     rows = [("all defect types", metrics.get("overall", {}), "overall"),
@@ -403,7 +407,8 @@ def render_report(content: ReportContent) -> str:
         f'<header class="top"><div class="inner"><h1>{escape(content.title)}</h1>'
         f'<div class="meta">{meta}</div><nav>{nav}</nav></div></header><main>'
         f'<section id="summary"><h2>Summary</h2><p class="lead">Overall scores on the test set '
-        f"(1.000 is perfect).</p>{_cards(overall)}{_decision(content, threshold, threshold_name)}</section>"
+        f"(1.000 is perfect).</p>{_note(content.note)}{_cards(overall)}"
+        f"{_decision(content, threshold, threshold_name)}</section>"
         f'<section id="metrics"><h2>Metrics per defect type</h2>{_metrics_table(content.metrics)}</section>'
         f'<section id="curves"><h2>Curves</h2><p class="lead">Image level: is the image defective? '
         "Pixel level: where is the defect?</p>"

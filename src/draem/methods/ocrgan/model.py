@@ -154,6 +154,8 @@ class OcrGanModel(AnomalyModel):
                   "discriminator", "total")
     size_multiple = 32
     """2**depth at the default depth; other depths are checked on the first pass."""
+    report_note = ("The OCR-GAN paper reports image-level results only: the pixel metrics and maps here are this "
+                   "toolkit's own (the per-pixel reconstruction error, smoothed).")
     ablation_rows = ABLATION_ROWS
 
     def __init__(self, options: OcrGanOptions | None = None) -> None:
