@@ -59,9 +59,6 @@ class _Batches:
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.items, None)
 
-    def rewind(self) -> None:
-        raise NotImplementedError
-
 
 def float_tail(graph_path: Path, count: int) -> list[str]:
     """Names of the last `count` convolution nodes of a graph, in graph order."""
