@@ -42,7 +42,7 @@ def evenly_spaced(paths: list[Path], count: int) -> list[Path]:
     paths = sorted(paths)
     if len(paths) <= count:
         return paths
-    return [paths[round(i * (len(paths) - 1) / (count - 1))] for i in range(count)]
+    return [paths[i] for i in np.linspace(0, len(paths) - 1, count).round().astype(int)]
 
 
 class _Batches:
