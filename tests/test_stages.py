@@ -70,7 +70,7 @@ def toy_config(data, out, **overrides) -> TrainConfig:
 
 def test_each_stage_trains_only_its_part(toy, tmp_path):
     data = make_category(tmp_path / "widget")
-    train(toy_config(data, tmp_path / "run"))
+    train(toy_config(data, tmp_path / "run", recipe="paper"))
     with (tmp_path / "run" / "losses.csv").open() as stream:
         rows = list(csv.DictReader(stream))
     assert [r["stage"] for r in rows] == ["first"] * 3 + ["second"] * 3

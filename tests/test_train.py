@@ -43,8 +43,8 @@ def test_train_writes_a_complete_run_directory(category, tmp_path, capsys):
     assert set(weights(out / "model.pt")) == set(torch.load(out / "checkpoint.pt")["model"])
 
 
-def test_learning_rate_follows_multistep_schedule(category, tmp_path):
-    train(tiny_config(category, tmp_path / "run", max_steps=10))
+def test_the_paper_recipe_follows_the_methods_multistep_schedule(category, tmp_path):
+    train(tiny_config(category, tmp_path / "run", max_steps=10, recipe="paper"))
     with (tmp_path / "run" / "losses.csv").open() as stream:
         rates = [float(r["lr"]) for r in csv.DictReader(stream)]
     assert rates == pytest.approx([1e-4] * 8 + [2e-5] + [4e-6])

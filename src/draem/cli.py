@@ -16,11 +16,15 @@ from draem.data.demo import DEMO_DEFAULT_KINDS, DEMO_KINDS
 from draem.data.images import RESIZE_MODES
 from draem.engine.devices import PRECISIONS
 from draem.engine.inference import BACKENDS
+from draem.engine.recipe import RECIPES
 from draem.errors import DraemError
 
 log = logging.getLogger("draem")
 BACKEND_HELP = ("onnxruntime runs the run's model.onnx (exported on first use); onnxruntime-int8 its int8 "
                 "model.int8.onnx (quantised on first use, calibrated on the run's training images)")
+RECIPE_HELP = ("paper: each method's own schedule; budget (the default with --max-steps or --time-budget): warm-up "
+               "and cosine decay at a raised peak rate, averaged weights, and a score window chosen on simulated "
+               "defects")
 
 
 class _Help(argparse.HelpFormatter):
@@ -77,6 +81,9 @@ def _add_train(commands: argparse._SubParsersAction, method: str = "draem") -> N
     p.add_argument("--epochs", type=int, default=700, help="passes over the training images")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs); with "
                                                  "--resume on a finished run, extends it")
+    p.add_argument("--time-budget", help="instead of --max-steps: train for about this long (e.g. 45m, 2h); "
+                                         "the steps are set from the first steps' time")
+    p.add_argument("--recipe", choices=RECIPES, help=RECIPE_HELP)
     p.add_argument("--batch-size", type=int, default=8, help="images per step (per process under torchrun)")
     p.add_argument("--image-size", type=int, default=256, help="side of the square the images are fitted to")
     p.add_argument("--fit", choices=("resize", "pad"), default="resize",
@@ -98,9 +105,9 @@ def _add_train(commands: argparse._SubParsersAction, method: str = "draem") -> N
     p.add_argument("--validation-fraction", type=float, default=0.1,
                    help="share of the good images held out to calibrate thresholds (0: use training images)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--score-window", type=int, default=21,
-                   help="image score = max of the k x k mean-filtered map (the paper: 21 at 256 px; "
-                        "smaller for small defects)")
+    p.add_argument("--score-window", type=int,
+                   help="image score = max of the k x k mean-filtered map (default: the paper's 21, or with the "
+                        "budget recipe the k that best separates simulated defects on held-out good images)")
     p.add_argument("--sync-bn", dest="sync_batchnorm", action="store_true",
                    help="with torchrun: BatchNorm statistics over the whole global batch")
     _add_method_options(p, method)
@@ -346,7 +353,9 @@ def _add_ablate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--source-colour", choices=("color", "gray", "auto"), default="color",
                    help="make anomaly sources grey ('auto': when the training images are grey)")
-    p.add_argument("--score-window", type=int, default=21, help="image score = max of the k x k mean-filtered map")
+    p.add_argument("--recipe", choices=RECIPES, help=RECIPE_HELP)
+    p.add_argument("--score-window", type=int, help="image score = max of the k x k mean-filtered map (default: "
+                                                    "as the recipe says)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="training precision (testing is always fp32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

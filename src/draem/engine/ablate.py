@@ -14,6 +14,7 @@ from typing import Any
 
 from draem import methods
 from draem.engine.evaluate import EvaluationConfig, evaluate
+from draem.engine.recipe import default_recipe
 from draem.engine.run import RunFiles
 from draem.engine.suite import markdown
 from draem.engine.train import TrainConfig, prepare, train
@@ -47,7 +48,8 @@ class AblationConfig:
     image_size: int = 256
     seed: int = 0
     source_colour: str = "color"
-    score_window: int = 21
+    recipe: str | None = None
+    score_window: int | None = None
     precision: str = "fp32"
     device: str = "auto"
     workers: int = 0
@@ -116,7 +118,8 @@ def train_config(row: AblationRow, options: dict[str, Any], config: AblationConf
                        category=config.category, epochs=config.epochs, max_steps=config.max_steps,
                        batch_size=config.batch_size, image_size=config.image_size,
                        anomaly_source=row_source(row, config), seed=config.seed, device=config.device,
-                       source_colour=config.source_colour, score_window=config.score_window,
+                       source_colour=config.source_colour, recipe=config.recipe,
+                       score_window=config.score_window,
                        precision=config.precision, workers=config.workers, validation_fraction=0.0, resume=True)
 
 
@@ -198,7 +201,8 @@ def header(config: AblationConfig) -> str:
             "the whole test set; Det. = image AUROC, Loc. = pixel AUROC / pixel AP, in percent.\n"
             f"- Budget: {budget}, batch size {config.batch_size}, image size {config.image_size} px, "
             f"seed {config.seed}, training precision {config.precision}, anomaly sources {config.source_colour}, "
-            f"image-score window {config.score_window}; options set on every row: {settings}. "
+            f"recipe {config.recipe or default_recipe(config.max_steps, None)}, image-score window "
+            f"{config.score_window or 'as the recipe says'}; options set on every row: {settings}. "
             "A row already trained in its folder is reused as it is (Steps: its own).\n"
             f"- Anomaly sources: textures {config.anomaly_source or 'built in (procedural)'}, natural images "
             f"{config.natural_images or 'not given'}.\n"

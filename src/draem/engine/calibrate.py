@@ -15,7 +15,8 @@ from draem.data.datasets import LabelledImages
 from draem.engine.devices import resolve_device
 from draem.engine.inference import Predictor
 from draem.engine.run import load_model, save_model
-from draem.metrics import PixelScores, f1_max
+from draem.metrics import PixelScores, auroc, f1_max
+from draem.scoring import IMAGE_SCORE_WINDOW
 from draem.synthesis.simulator import SimulationConfig, simulate_anomalies
 
 NORMAL, DEFECTIVE = "normal", "defective"
@@ -64,32 +65,63 @@ def thresholds_from_scores(image_scores: torch.Tensor, image_labels: torch.Tenso
         normal_images=int((~image_labels).sum()), defective_images=int(image_labels.sum()))
 
 
-def calibrate_with_simulated_defects(predictor: Predictor, images: torch.Tensor, sources: torch.Tensor,
-                                     simulation: SimulationConfig, seed: int = 0,
-                                     min_defective: int = 64, batch_size: int = 8) -> Thresholds:
-    """Thresholds from held-out normal images and simulated anomalies on copies of them."""
+@dataclass
+class LabelledBatch:
+    """Images, their defect masks (B, H, W) and whether the batch holds simulated defects."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    defective: bool
+
+
+def simulate_defective_copies(images: torch.Tensor, sources: torch.Tensor, simulation: SimulationConfig,
+                              seed: int = 0, min_defective: int = 64, batch_size: int = 8) -> list[LabelledBatch]:
+    """Batches of the normal images, each followed by simulated anomalies on copies of it (enough passes for
+    `min_defective` defective images, at most MAX_PASSES)."""
     generator = torch.Generator().manual_seed(seed)
     always = SimulationConfig(**{**asdict(simulation), "anomaly_prob": 1.0, "image_rotation_prob": 0.0})
-    pixels = PixelScores()
-    scores, labels = [], []
     passes = min(math.ceil(min_defective / len(images)), MAX_PASSES)
+    batches = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
-        maps, image_scores = predictor(batch)
-        for anomaly_map in maps:
-            pixels.add(anomaly_map.cpu(), torch.zeros_like(anomaly_map, dtype=torch.bool).cpu(), NORMAL)
-        scores.append(image_scores.cpu())
-        labels.append(torch.zeros(len(batch), dtype=torch.bool))
+        batches.append(LabelledBatch(batch, torch.zeros(len(batch), *batch.shape[-2:], dtype=torch.bool), False))
         for _ in range(passes):
             sim = simulate_anomalies(batch, sources[start:start + batch_size], generator, always)
             keep = sim.has_anomaly.cpu()
-            if not keep.any():
-                continue
-            maps, image_scores = predictor(sim.augmented[keep])
-            for anomaly_map, mask in zip(maps.cpu(), sim.mask[keep][:, 0].bool().cpu(), strict=True):
-                pixels.add(anomaly_map, mask, DEFECTIVE)
-            scores.append(image_scores.cpu())
-            labels.append(torch.ones(int(keep.sum()), dtype=torch.bool))
+            if keep.any():
+                batches.append(LabelledBatch(sim.augmented[keep], sim.mask[keep][:, 0].bool(), True))
+    return batches
+
+
+def _image_scores(predictor: Predictor, batches: list[LabelledBatch]) -> tuple[torch.Tensor, torch.Tensor]:
+    scores = torch.cat([predictor(batch.images)[1].float().cpu() for batch in batches])
+    labels = torch.cat([torch.full((len(batch.images),), batch.defective) for batch in batches])
+    return scores, labels
+
+
+def choose_score_window(predictor: Predictor, batches: list[LabelledBatch], windows: tuple[int, ...],
+                        preferred: int = IMAGE_SCORE_WINDOW) -> dict[int, float]:
+    """Set the predictor's score window to the one whose image scores best separate the simulated defects
+    from the normal images (image AUROC; ties go to the one nearest `preferred`); the AUROC of each."""
+    info = predictor.loaded.info
+    separation = {}
+    for window in windows:
+        info.score_window = window
+        separation[window] = auroc(*_image_scores(predictor, batches))
+    info.score_window = max(windows, key=lambda w: (separation[w], -abs(w - preferred)))
+    return separation
+
+
+def calibrate_with_simulated_defects(predictor: Predictor, batches: list[LabelledBatch]) -> Thresholds:
+    """Thresholds from held-out normal images and simulated anomalies on copies of them."""
+    pixels = PixelScores()
+    scores, labels = [], []
+    for batch in batches:
+        maps, image_scores = predictor(batch.images)
+        for anomaly_map, mask in zip(maps.float().cpu(), batch.masks.cpu(), strict=True):
+            pixels.add(anomaly_map, mask, DEFECTIVE if batch.defective else NORMAL)
+        scores.append(image_scores.float().cpu())
+        labels.append(torch.full((len(batch.images),), batch.defective))
     return thresholds_from_scores(torch.cat(scores), torch.cat(labels), pixels, "simulated defects")
 
 

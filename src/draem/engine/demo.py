@@ -64,7 +64,8 @@ def run_demo(config: DemoConfig) -> list[Path]:
                               batch_size=config.batch_size, image_size=config.image_size,
                               options={"recon_width": config.recon_width, "seg_width": config.seg_width,
                                        "lr": config.lr},
-                              score_window=config.score_window, seed=config.seed, device=config.device,
+                              score_window=config.score_window, recipe="paper", seed=config.seed,
+                              device=config.device,
                               precision=config.precision, resume=True))
         metrics = evaluate(EvaluationConfig(run=str(run), data=str(data), category=kind,
                                             device=config.device, precision=config.precision))

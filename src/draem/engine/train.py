@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import bisect
+import copy
 import csv
 import itertools
 import json
 import logging
 import signal
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -23,10 +25,26 @@ from draem import methods
 from draem.data.catalog import select_dataset
 from draem.data.datasets import TrainImages
 from draem.data.images import FIT_MODES, RESIZE_MODES, read_image, unreadable_images
-from draem.engine.calibrate import Thresholds, calibrate_with_simulated_defects
+from draem.engine.calibrate import (
+    Thresholds,
+    calibrate_with_simulated_defects,
+    choose_score_window,
+    simulate_defective_copies,
+)
 from draem.engine.devices import resolve_device, resolve_precision
 from draem.engine.distributed import Cluster, require_equal_shards, synchronise_batchnorm
 from draem.engine.inference import Predictor
+from draem.engine.recipe import (
+    AVERAGE_HORIZON_SHARE,
+    WeightAverage,
+    check_recipe,
+    default_recipe,
+    fit_schedules,
+    parse_duration,
+    peak_rate_scale,
+    steps_within,
+    window_candidates,
+)
 from draem.engine.run import LoadedModel, ModelInfo, RunFiles, read_torch_file, save_model, versions
 from draem.errors import DraemError
 from draem.files import output_folder, save_torch, write_json, write_text
@@ -38,6 +56,7 @@ from draem.synthesis.sources import grey_sources, list_texture_images, procedura
 log = logging.getLogger("draem")
 
 SOURCE_COLOURS = ("color", "gray", "auto")
+PROBE_STEPS = 3
 MAX_CALIBRATION_IMAGES = 256
 PATH_SETTINGS = ("data", "out", "normal", "anomaly_source")
 
@@ -54,6 +73,9 @@ class TrainConfig:
     normal: str | None = None
     epochs: int = 700
     max_steps: int | None = None
+    time_budget: str | None = None
+    recipe: str | None = None
+    """'paper' or 'budget'; None: the budget recipe when --max-steps or --time-budget is given."""
     batch_size: int = 8
     image_size: int = 256
     fit: str = "resize"
@@ -68,13 +90,14 @@ class TrainConfig:
     checkpoint_every: int = 500
     validation_fraction: float = 0.1
     sync_batchnorm: bool = False
-    score_window: int = IMAGE_SCORE_WINDOW
+    score_window: int | None = None
+    """None: the paper's 21 under the paper recipe, chosen on simulated defects under the budget recipe."""
     resume: bool = False
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        """Rebuild a config saved with dataclasses.asdict."""
-        return cls(**values)
+        """Rebuild a config saved with dataclasses.asdict (runs saved before recipes existed used the paper's)."""
+        return cls(**{"recipe": "paper", **values})
 
     def absolute(self) -> TrainConfig:
         """The same settings with every path made absolute, as they are saved."""
@@ -104,7 +127,11 @@ def _check(config: TrainConfig, method: type[AnomalyModel]) -> None:
     for flag, value in positive.items():
         if value < 1:
             raise DraemError(f"{flag} {value}: must be at least 1")
-    check_window(config.score_window)
+    if config.score_window is not None:
+        check_window(config.score_window)
+    check_recipe(config.recipe or "paper")
+    if config.time_budget is not None:
+        parse_duration(config.time_budget)
     if config.max_steps is not None and config.max_steps < 1:
         raise DraemError(f"--max-steps {config.max_steps}: must be at least 1")
     if config.image_size % method.size_multiple:
@@ -151,7 +178,8 @@ def split_validation(paths: list[Path], fraction: float, seed: int) -> tuple[lis
 
 def calibrate_after_training(model: AnomalyModel, info: ModelInfo, config: TrainConfig, images: list[Path],
                              textures: list[Path], device: torch.device) -> Thresholds:
-    """Thresholds from held-out normal images and simulated defects on them."""
+    """Thresholds from held-out normal images and simulated defects on them; first, without a --score-window
+    under the budget recipe, the window that best separates the two (written into `info`)."""
     images = images[:MAX_CALIBRATION_IMAGES]
     generator = torch.Generator().manual_seed(config.seed)
     picks = torch.randint(0, max(len(textures), 1), (len(images),), generator=generator).tolist()
@@ -162,8 +190,13 @@ def calibrate_after_training(model: AnomalyModel, info: ModelInfo, config: Train
                else procedural_textures(len(images), config.image_size, generator))
     if config.source_colour == "gray":
         sources = grey_sources(sources)
+    samples = simulate_defective_copies(batch, sources, SimulationConfig(), config.seed)
     predictor = Predictor(LoadedModel(model, info, Path(config.out)), device)
-    return calibrate_with_simulated_defects(predictor, batch, sources, SimulationConfig(), config.seed)
+    if config.score_window is None and config.recipe == "budget":
+        separation = choose_score_window(predictor, samples, window_candidates(config.image_size))
+        log.info("score window %d chosen on simulated defects (image AUROC by window: %s)", info.score_window,
+                 ", ".join(f"{w}: {a:.4f}" for w, a in separation.items()))
+    return calibrate_with_simulated_defects(predictor, samples)
 
 
 def epoch_batches(images: int, textures: int, batch_size: int, seed: int, epoch: int,
@@ -288,6 +321,38 @@ def _batches(dataset: TrainImages, config: TrainConfig, cluster: Cluster, textur
     return iter(DataLoader(dataset, batch_sampler=shards, num_workers=config.workers))
 
 
+def seconds_per_step(model: AnomalyModel, dataset: TrainImages, config: TrainConfig, method: type[AnomalyModel],
+                     cluster: Cluster, device: torch.device, memory_format: torch.memory_format,
+                     precision: str) -> float:
+    """A step's time on this machine: a few steps of every stage on a copy of the model (the first of each
+    not counted), weighted by the stages' shares; the mean over processes."""
+    probe = copy.deepcopy(model)
+    batches = itertools.chain.from_iterable(_batches(dataset, config, cluster, len(dataset.textures), epoch, 0)
+                                            for epoch in itertools.count())
+
+    def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        cluster.average_gradients([p for group in optimizer.param_groups for p in group["params"]])
+        optimizer.step()
+
+    seconds = 0.0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for stage in probe.stages(PROBE_STEPS * 10):
+            activate(probe, stage)
+            times = []
+            for step in range(PROBE_STEPS):
+                start = time.perf_counter()
+                inputs = training_batch(next(batches), config, method, step, cluster.rank, device, memory_format,
+                                        precision)
+                probe.training_step(inputs, stage, update)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - start)
+            seconds += stage.fraction * statistics.median(times[1:])
+    return float(cluster.mean(torch.tensor([seconds], device=device)))
+
+
 def activate(model: AnomalyModel, stage: Stage) -> None:
     """Train mode and gradients for the stage's trainable modules only; everything else frozen in eval mode."""
     model.requires_grad_(False).eval()
@@ -314,8 +379,11 @@ def _load_stage_state(stages: list[Stage], state: dict[str, Any]) -> None:
 
 
 def prepare(config: TrainConfig) -> tuple[TrainConfig, type[AnomalyModel]]:
-    """The run's settings, resumed and validated, with the method's options complete."""
+    """The run's settings, resumed and validated, with the method's options and recipe complete."""
+    if config.time_budget is not None and config.max_steps is not None and not config.resume:
+        raise DraemError(f"--time-budget {config.time_budget} --max-steps {config.max_steps}: give one of them")
     config = resumed_config(config).absolute()
+    config = replace(config, recipe=config.recipe or default_recipe(config.max_steps, config.time_budget))
     method = methods.get(config.method)
     options = method.Options.from_dict(config.options)
     options.validate()
@@ -328,6 +396,7 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
 
     Under torchrun the processes train one model together unless a single-process `cluster` is given.
     """
+    started = time.perf_counter()
     config, method = prepare(config)
     files = RunFiles(Path(config.out))
     if files.checkpoint.exists() and not config.resume:
@@ -359,10 +428,22 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
     if cluster.world > 1:
         require_equal_shards(len(paths), global_batch, cluster.world)
     steps_per_epoch = batches_per_epoch(len(paths), global_batch, drop_partial=cluster.world > 1)
+    dataset = TrainImages(paths, config.image_size, config.fit,
+                          textures if method.uses_anomaly_sources else [], config.resize)
+    if config.time_budget is not None and config.max_steps is None:
+        step_seconds = seconds_per_step(model, dataset, config, method, cluster, device, memory_format, precision)
+        steps = steps_within(parse_duration(config.time_budget) - (time.perf_counter() - started), step_seconds)
+        if cluster.main:
+            log.info("time budget %s: %.3f s per step measured; training for %d steps", config.time_budget,
+                     step_seconds, steps)
+        config = replace(config, max_steps=steps)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     stages = model.stages(total_steps)
     counts = split_steps(total_steps, [s.fraction for s in stages])
     ends = list(itertools.accumulate(counts))
+    if config.recipe == "budget":
+        fit_schedules(stages, counts, peak_rate_scale(total_steps, config.epochs * steps_per_epoch,
+                                                      method.budget_rate_scale))
 
     step = 0
     if state is not None:
@@ -375,6 +456,11 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
         if cluster.main:
             log.info("resuming %s at step %d of %d", files.root, step, total_steps)
     cluster.broadcast(model)
+    average = None
+    if config.recipe == "budget":
+        average = WeightAverage(model, AVERAGE_HORIZON_SHARE * total_steps)
+        if state is not None:
+            average.load_state_dict(state["average"])
     if cluster.main:
         files.root.mkdir(parents=True, exist_ok=True)
         for stale in files.root.glob(".*.tmp"):
@@ -388,8 +474,10 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
 
     def save_checkpoint() -> None:
         if cluster.main:
+            averaged = {"average": average.state_dict()} if average is not None else {}
             save_torch(files.checkpoint, {"model": model.state_dict(), **_stage_state(stages), "step": step,
-                                          "stage": stages[stage_at(ends, step)].name, "total_steps": total_steps})
+                                          "stage": stages[stage_at(ends, step)].name, "total_steps": total_steps,
+                                          **averaged})
 
     def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         if cluster.any(not bool(torch.isfinite(loss.detach()).all()), device):
@@ -400,8 +488,6 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
         cluster.average_gradients([p for group in optimizer.param_groups for p in group["params"]])
         optimizer.step()
 
-    dataset = TrainImages(paths, config.image_size, config.fit,
-                          textures if method.uses_anomaly_sources else [], config.resize)
     loss_log = LossLog(files, model.loss_names(), step, total_steps, enabled=cluster.main)
     with loss_log, StopRequest() as stop:
         stopping = False
@@ -418,6 +504,10 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
                 for scheduler in stage.schedulers:
                     scheduler.step()
                 step += 1
+                if average is not None:
+                    average.update(model)
+                    if step in ends and step < total_steps:
+                        average.copy_to(model)  # the next stage builds on the averaged weights
 
                 loss_log.record(step, epoch, stage.name, lr, values, len(inputs.images) * cluster.world)
                 if (step % steps_per_epoch == 0 or step % config.checkpoint_every == 0 or step == total_steps
@@ -433,6 +523,8 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
         raise DraemError(f"{files.checkpoint}: training interrupted at step {step} of {total_steps}; "
                          "checkpoint saved, continue with --resume", 130)
     if cluster.main:
+        if average is not None:
+            average.copy_to(model)
         finish(model, config, files, held_out or paths, textures, device)
     cluster.barrier()
     cluster.close()
@@ -443,8 +535,8 @@ def finish(model: AnomalyModel, config: TrainConfig, files: RunFiles, calibratio
            textures: list[Path], device: torch.device) -> None:
     """Calibrate thresholds on held-out images and write the model file."""
     model.eval()
-    info = ModelInfo.of(model, config.image_size, fit=config.fit, score_window=config.score_window,
-                        resize=config.resize)
+    info = ModelInfo.of(model, config.image_size, fit=config.fit,
+                        score_window=config.score_window or IMAGE_SCORE_WINDOW, resize=config.resize)
     if config.validation_fraction == 0:
         log.warning("no validation split (--validation-fraction 0): calibrating on training images")
     thresholds = calibrate_after_training(model, info, config, calibration_images, textures, device)

@@ -158,6 +158,8 @@ class AnomalyModel(nn.Module):
     loss_terms: ClassVar[tuple[str, ...]]
     uses_anomaly_sources: ClassVar[bool] = False
     size_multiple: ClassVar[int] = 1
+    budget_rate_scale: ClassVar[float] = 4.0
+    """The most the budget recipe may raise the method's learning rates for a short run."""
     float32_tolerance: ClassVar[float] = 1e-4
     """How far two float32 computations of its maps and scores may differ (PyTorch against onnxruntime)."""
     official_files: ClassVar[dict[str, str]] = {}
