@@ -1,4 +1,4 @@
-"""The budget recipe: its schedule, weight average, score window choice and --time-budget."""
+"""The budget recipe (schedule, score window choice), --time-budget and the weight average."""
 
 import csv
 import itertools
@@ -112,7 +112,7 @@ def test_the_window_that_separates_simulated_defects_best_is_chosen():
     assert window_candidates(128) == (1, 3, 5, 9, 15, 21, 31) and window_candidates(32) == (1, 3, 5)
 
 
-def test_a_budget_run_warms_up_decays_averages_and_chooses_its_window(category, tmp_path):
+def test_a_budget_run_warms_up_decays_and_chooses_its_window(category, tmp_path):
     out = tmp_path / "run"
     train(tiny_config(category, out))
     config = json.loads((out / "config.json").read_text())["train"]
@@ -124,6 +124,14 @@ def test_a_budget_run_warms_up_decays_averages_and_chooses_its_window(category, 
     saved = torch.load(out / "model.pt")
     assert saved["info"]["score_window"] in window_candidates(32)
     state = torch.load(out / "checkpoint.pt")
+    assert "average" not in state and all(torch.equal(saved["state_dict"][k], v) for k, v in state["model"].items())
+
+
+def test_with_average_weights_the_model_file_keeps_the_average_and_the_checkpoint_the_last_weights(category,
+                                                                                                   tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(category, out, average_weights=True))
+    saved, state = torch.load(out / "model.pt"), torch.load(out / "checkpoint.pt")
     assert all(torch.equal(saved["state_dict"][k], v) for k, v in state["average"].items())
     assert not all(torch.equal(state["model"][k], v) for k, v in state["average"].items())
 
@@ -138,8 +146,8 @@ def test_the_paper_recipe_keeps_the_methods_schedule_and_window(category, tmp_pa
     assert "average" not in torch.load(out / "checkpoint.pt")
 
 
-def test_an_interrupted_budget_run_resumes_to_the_same_model(category, tmp_path, monkeypatch):
-    train(tiny_config(category, tmp_path / "straight"))
+def test_an_interrupted_averaging_budget_run_resumes_to_the_same_model(category, tmp_path, monkeypatch):
+    train(tiny_config(category, tmp_path / "straight", average_weights=True))
     from draem.methods.draem.model import DraemModel
 
     original = DraemModel.training_step
@@ -151,7 +159,7 @@ def test_an_interrupted_budget_run_resumes_to_the_same_model(category, tmp_path,
 
     monkeypatch.setattr(DraemModel, "training_step", failing)
     with pytest.raises(DraemError):
-        train(tiny_config(category, tmp_path / "stopped"))
+        train(tiny_config(category, tmp_path / "stopped", average_weights=True))
     monkeypatch.setattr(DraemModel, "training_step", original)
     train(tiny_config(category, tmp_path / "stopped", resume=True))
     expected = torch.load(tmp_path / "straight" / "model.pt")
@@ -185,7 +193,7 @@ def test_runs_saved_before_recipes_existed_resume_with_the_papers():
     assert TrainConfig.from_dict(old).recipe == "paper"
 
 
-def test_multi_stage_budget_runs_give_the_next_stage_the_averaged_weights(tmp_path, monkeypatch):
+def test_multi_stage_averaging_runs_give_the_next_stage_the_averaged_weights(tmp_path, monkeypatch):
     from test_stages import TOY_METHOD
 
     from draem import methods
@@ -205,7 +213,7 @@ def test_multi_stage_budget_runs_give_the_next_stage_the_averaged_weights(tmp_pa
     monkeypatch.setattr(toy, "training_step", recording)
     out = tmp_path / "run"
     train(TrainConfig(data=str(make_category(tmp_path / "widget")), out=str(out), method="toy-stages", max_steps=6,
-                      batch_size=2, image_size=32, checkpoint_every=1, validation_fraction=0.0))
+                      batch_size=2, image_size=32, checkpoint_every=1, validation_fraction=0.0, average_weights=True))
     with (out / "losses.csv").open() as stream:
         rates = [float(r["lr"]) for r in csv.DictReader(stream)]
     assert rates[3] == pytest.approx(1e-2 * peak_rate_scale(6, 700 * 3, 4.0) * warmup_cosine(0, 3))

@@ -23,8 +23,7 @@ log = logging.getLogger("draem")
 BACKEND_HELP = ("onnxruntime runs the run's model.onnx (exported on first use); onnxruntime-int8 its int8 "
                 "model.int8.onnx (quantised on first use, calibrated on the run's training images)")
 RECIPE_HELP = ("paper: each method's own schedule; budget (the default with --max-steps or --time-budget): warm-up "
-               "and cosine decay at a raised peak rate, averaged weights, and a score window chosen on simulated "
-               "defects")
+               "and cosine decay at a raised peak rate, and a score window chosen on simulated defects")
 
 
 class _Help(argparse.HelpFormatter):
@@ -84,6 +83,8 @@ def _add_train(commands: argparse._SubParsersAction, method: str = "draem") -> N
     p.add_argument("--time-budget", help="instead of --max-steps: train for about this long (e.g. 45m, 2h); "
                                          "the steps are set from the first steps' time")
     p.add_argument("--recipe", choices=RECIPES, help=RECIPE_HELP)
+    p.add_argument("--average-weights", action="store_true",
+                   help="keep an average of the weights over the last tenth of the steps and save it as the model")
     p.add_argument("--batch-size", type=int, default=8, help="images per step (per process under torchrun)")
     p.add_argument("--image-size", type=int, default=256, help="side of the square the images are fitted to")
     p.add_argument("--fit", choices=("resize", "pad"), default="resize",

@@ -1,8 +1,8 @@
 """Training recipes: each method's own (the paper's) or one fitted to a short budget of steps or time.
 
 The budget recipe is the same for every method and touches only what the engine sees: the stages'
-optimisers (warm-up and cosine decay at a raised peak rate), an average of the weights, and the image
-score window, chosen on simulated defects of held-out good images.
+optimisers (warm-up and cosine decay at a raised peak rate) and the image score window, chosen on
+simulated defects of held-out good images. An average of the weights is an option of any run.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import copy
 import csv
+import functools
 import itertools
 import json
 import logging
@@ -76,6 +77,7 @@ class TrainConfig:
     time_budget: str | None = None
     recipe: str | None = None
     """'paper' or 'budget'; None: the budget recipe when --max-steps or --time-budget is given."""
+    average_weights: bool = False
     batch_size: int = 8
     image_size: int = 256
     fit: str = "resize"
@@ -329,13 +331,6 @@ def seconds_per_step(model: AnomalyModel, dataset: TrainImages, config: TrainCon
     probe = copy.deepcopy(model)
     batches = itertools.chain.from_iterable(_batches(dataset, config, cluster, len(dataset.textures), epoch, 0)
                                             for epoch in itertools.count())
-
-    def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        cluster.average_gradients([p for group in optimizer.param_groups for p in group["params"]])
-        optimizer.step()
-
     seconds = 0.0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for stage in probe.stages(PROBE_STEPS * 10):
@@ -345,12 +340,20 @@ def seconds_per_step(model: AnomalyModel, dataset: TrainImages, config: TrainCon
                 start = time.perf_counter()
                 inputs = training_batch(next(batches), config, method, step, cluster.rank, device, memory_format,
                                         precision)
-                probe.training_step(inputs, stage, update)
+                probe.training_step(inputs, stage, functools.partial(step_optimiser, cluster=cluster))
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 times.append(time.perf_counter() - start)
             seconds += stage.fraction * statistics.median(times[1:])
     return float(cluster.mean(torch.tensor([seconds], device=device)))
+
+
+def step_optimiser(loss: torch.Tensor, optimizer: torch.optim.Optimizer, cluster: Cluster) -> None:
+    """Backpropagate, average the gradients over the processes and step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    cluster.average_gradients([p for group in optimizer.param_groups for p in group["params"]])
+    optimizer.step()
 
 
 def activate(model: AnomalyModel, stage: Stage) -> None:
@@ -457,7 +460,7 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
             log.info("resuming %s at step %d of %d", files.root, step, total_steps)
     cluster.broadcast(model)
     average = None
-    if config.recipe == "budget":
+    if config.average_weights:
         average = WeightAverage(model, AVERAGE_HORIZON_SHARE * total_steps)
         if state is not None:
             average.load_state_dict(state["average"])
@@ -483,10 +486,7 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
         if cluster.any(not bool(torch.isfinite(loss.detach()).all()), device):
             raise DraemError(f"{files.checkpoint}: training stopped at step {step + 1}: non-finite loss "
                              f"({float(loss.detach()):.4g}); the last good checkpoint is kept")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        cluster.average_gradients([p for group in optimizer.param_groups for p in group["params"]])
-        optimizer.step()
+        step_optimiser(loss, optimizer, cluster)
 
     loss_log = LossLog(files, model.loss_names(), step, total_steps, enabled=cluster.main)
     with loss_log, StopRequest() as stop:

@@ -1,0 +1,130 @@
+"""The paper recipe against the budget recipe at a short budget, and what each ingredient of the budget recipe buys.
+
+    python benchmarks/recipe.py --out recipe-runs --data mtd=../shared/data/mtd fabric=demo/fabric \\
+        --anomaly-source ../shared/data/dtd-subset/images --methods draem --seeds 0 1
+
+Trains (or reuses, when its metrics.json exists) one run per method, dataset, seed and recipe under
+--out/runs/<recipe>/<method>-<data>-s<seed> (1,500 steps of batch 8 at 128 px, bf16 where native, DRAEM
+widths 32/16, grey anomaly sources for grey images) and tests each in fp32. Budget runs train with
+--average-weights, which does not change their course: their checkpoint holds the last weights, from which
+the plain budget recipe's model is finished (window chosen, thresholds calibrated) under --out/ingredients,
+and tested with the paper's window too. Prints the tables of the closing note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from draem import methods
+from draem.data.catalog import select_dataset
+from draem.engine.devices import cpu_has_native_bf16
+from draem.engine.evaluate import EvaluationConfig, evaluate
+from draem.engine.run import RunFiles, load_model, read_torch_file
+from draem.engine.train import TrainConfig, finish, split_validation, train
+from draem.scoring import IMAGE_SCORE_WINDOW
+from draem.synthesis.sources import list_texture_images
+
+COLUMNS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
+OPTIONS = {"draem": {"recon_width": 32, "seg_width": 16}}
+VARIANTS = ("budget recipe", "schedule only (paper window)", "budget recipe + averaged weights")
+
+
+def run_folder(out: Path, recipe: str, method: str, data: str, seed: int) -> Path:
+    return out / "runs" / recipe / f"{method}-{data}-s{seed}"
+
+
+def train_and_test(folder: Path, method: str, data: str, recipe: str, seed: int, args: argparse.Namespace) -> dict:
+    """The run's fp32 test metrics, training it first unless it has them."""
+    files = RunFiles(folder)
+    if not files.metrics.exists():
+        if not files.model.exists():
+            train(TrainConfig(data=data, out=str(folder), method=method, options=OPTIONS.get(method, {}),
+                              max_steps=args.steps, image_size=args.image_size, batch_size=8,
+                              anomaly_source=args.anomaly_source, source_colour="auto", seed=seed,
+                              precision="bf16" if cpu_has_native_bf16() else "fp32", recipe=recipe,
+                              average_weights=recipe == "budget", resume=True))
+        evaluate(EvaluationConfig(run=str(folder), data=data, precision="fp32"))
+    return json.loads(files.metrics.read_text())["overall"]
+
+
+def finish_with_last_weights(run: Path, folder: Path, data: str, window: int | None) -> dict:
+    """Finish a budget run from its last (not averaged) weights as training would have without --average-weights,
+    with the score window chosen (None) or given, in `folder`; its fp32 test metrics."""
+    files = RunFiles(folder)
+    if not files.metrics.exists():
+        config = TrainConfig.from_dict(json.loads(RunFiles(run).config.read_text())["train"])
+        config = replace(config, out=str(folder), score_window=window, average_weights=False)
+        model = methods.get(config.method)(methods.get(config.method).Options.from_dict(config.options))
+        model.load_state_dict(read_torch_file(RunFiles(run).checkpoint)["model"])
+        paths = select_dataset(config.data, config.category, config.normal).train_images()
+        _, held_out = split_validation(paths, config.validation_fraction, config.seed)
+        textures = list_texture_images(config.anomaly_source) if config.anomaly_source else []
+        folder.mkdir(parents=True, exist_ok=True)
+        finish(model, config, files, held_out or paths, textures, torch.device("cpu"))
+        evaluate(EvaluationConfig(run=str(folder), data=data, precision="fp32"))
+    return json.loads(files.metrics.read_text())["overall"]
+
+
+def mean(rows: list[dict]) -> dict[str, float]:
+    return {c: statistics.fmean(r[c] for r in rows) for c in COLUMNS}
+
+
+def row(name: str, values: dict[str, float], reference: dict[str, float] | None = None) -> str:
+    cells = [f"{100 * values[c]:.1f}" + (f" ({100 * (values[c] - reference[c]):+.1f})" if reference else "")
+             for c in COLUMNS]
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--data", required=True, nargs="+", metavar="NAME=PATH")
+    parser.add_argument("--anomaly-source")
+    parser.add_argument("--methods", nargs="+", default=["draem"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--image-size", type=int, default=128)
+    args = parser.parse_args()
+    datasets = dict(item.split("=", 1) for item in args.data)
+    header = "| | " + " | ".join(COLUMNS) + " |\n|---|" + "---:|" * len(COLUMNS)
+    for method in args.methods:
+        results: dict[str, dict[str, list[dict]]] = {}
+        for name, path in datasets.items():
+            for seed in args.seeds:
+                for recipe in ("paper", "budget"):
+                    folder = run_folder(args.out, recipe, method, name, seed)
+                    metrics = train_and_test(folder, method, path, recipe, seed, args)
+                    results.setdefault(name, {}).setdefault(recipe, []).append(metrics)
+                ingredients = args.out / "ingredients" / f"{method}-{name}-s{seed}"
+                variants = [finish_with_last_weights(folder, ingredients / "budget", path, None),
+                            finish_with_last_weights(folder, ingredients / "paper-window", path, IMAGE_SCORE_WINDOW),
+                            metrics]
+                for variant, values in zip(VARIANTS, variants, strict=True):
+                    results[name].setdefault(variant, []).append(values)
+        print(f"\n## {method}: paper recipe against budget recipe ({args.steps} steps, {args.image_size} px, "
+              f"seeds {' '.join(map(str, args.seeds))}; percent, budget change in brackets)\n\n{header}")
+        for name, by_recipe in results.items():
+            paper = mean(by_recipe["paper"])
+            print(row(f"{name} paper", paper))
+            print(row(f"{name} budget", mean(by_recipe[VARIANTS[0]]), paper))
+        overall = {key: mean([mean(r[key]) for r in results.values()]) for key in ("paper", *VARIANTS)}
+        print(row("mean paper", overall["paper"]))
+        print(row("mean budget", overall[VARIANTS[0]], overall["paper"]))
+        print(f"\n## {method}: ingredients of the budget recipe (mean over data and seeds; change against the "
+              f"paper recipe)\n\n{header}")
+        print(row("paper recipe", overall["paper"]))
+        for variant in VARIANTS[1::-1] + VARIANTS[2:]:
+            print(row(variant, overall[variant], overall["paper"]))
+        chosen = {f"{name} s{seed}": load_model(args.out / "ingredients" / f"{method}-{name}-s{seed}" / "budget")
+                  for name in datasets for seed in args.seeds}
+        print("\nscore windows chosen: " + ", ".join(f"{k}: {v.info.score_window}" for k, v in chosen.items()))
+
+
+if __name__ == "__main__":
+    main()
