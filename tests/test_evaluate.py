@@ -52,14 +52,14 @@ def test_per_type_metrics_pair_that_type_with_all_good_images(trained, tmp_path)
 
 def test_scores_match_a_direct_forward_pass(trained, tmp_path):
     data, run = trained
-    evaluate(EvaluationConfig(run=str(run), data=str(data), out=str(tmp_path)))
+    evaluate(EvaluationConfig(run=str(run), data=str(data), out=str(tmp_path), precision="fp32"))
     first = (tmp_path / "scores.csv").read_text().splitlines()[1].split(",")
-    model = load_model(run).model
+    loaded = load_model(run)
     image = np.asarray(Image.open(first[0]).convert("RGB"), dtype=np.float32) / 255
     x = torch.from_numpy(image).permute(2, 0, 1)[None]
     x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", antialias=True)
     with torch.no_grad():
-        _, score = model.predict(x)
+        _, score = loaded.model.predict(x, window=loaded.info.score_window)
     assert float(first[2]) == pytest.approx(score.item(), abs=1e-5)
 
 

@@ -177,7 +177,7 @@ GRADIENT_SCRIPT = textwrap.dedent("""
 
     data, out, name, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     train(TrainConfig(data=data, out=out, method=name, options=options, max_steps=1, batch_size=2,
-                      image_size=32, validation_fraction=0.0, channels_last=False))
+                      image_size=32, validation_fraction=0.0, channels_last=False, recipe="paper"))
     threads = [Path(f"/proc/self/task/{task}/comm").read_text().strip() for task in os.listdir("/proc/self/task")]
     Path(out, f"threads-{os.environ['RANK']}.txt").write_text(" ".join(threads))
 """)

@@ -220,3 +220,15 @@ def test_multi_stage_averaging_runs_give_the_next_stage_the_averaged_weights(tmp
     final = torch.load(out / "model.pt")["state_dict"]
     for key, value in seen[0].items():
         assert torch.equal(final[f"first.{key}"], value), f"first.{key}: not the average the first stage ended with"
+
+
+def test_a_bad_time_budget_gives_one_line_before_any_work(category, tmp_path, capsys):
+    code = main(["train", "--data", str(category), "--out", str(tmp_path / "run"), "--time-budget", "soon", *TINY])
+    assert code != 0 and "--time-budget soon: expected a positive duration" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_recipe_is_refused_before_any_work(category, tmp_path):
+    with pytest.raises(DraemError, match="--recipe fast: expected one of paper, budget"):
+        train(tiny_config(category, tmp_path / "run", recipe="fast"))
+    assert not (tmp_path / "run").exists()
