@@ -84,7 +84,7 @@ def _add_train(commands: argparse._SubParsersAction, method: str = "draem") -> N
                                          "the steps are set from the first steps' time")
     p.add_argument("--recipe", choices=RECIPES, help=RECIPE_HELP)
     p.add_argument("--average-weights", action="store_true",
-                   help="keep an average of the weights over the last tenth of the steps and save it as the model")
+                   help="save as the model a moving average of the weights (horizon: a tenth of the steps)")
     p.add_argument("--batch-size", type=int, default=8, help="images per step (per process under torchrun)")
     p.add_argument("--image-size", type=int, default=256, help="side of the square the images are fitted to")
     p.add_argument("--fit", choices=("resize", "pad"), default="resize",
