@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from draem import methods
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURES = SHARED / "fixtures" / "official-draem"
 MTD = SHARED / "data" / "mtd"
@@ -50,3 +52,54 @@ def make_category(root: Path, train: int = 6, good: int = 3, defects: dict[str, 
 def category(tmp_path: Path) -> Path:
     """One small category folder."""
     return make_category(tmp_path / "widget")
+
+
+TOY_METHOD = '''
+import torch
+from torch import nn
+
+from draem.methods.base import AnomalyModel, Options, Stage, multistep
+
+
+class TwoStages(AnomalyModel):
+    """First stage trains `first` alone, the second `second` alone (with `first` frozen), like DSR."""
+
+    name = "toy-stages"
+    paper = "a test double"
+    headline = "none"
+    Options = Options
+    loss_terms = ("first", "second", "total")
+
+    def __init__(self, options=None):
+        super().__init__(options or Options())
+        self.first = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
+        self.second = nn.Conv2d(4, 3, 3, padding=1)
+
+    def stages(self, total_steps):
+        one = torch.optim.Adam(self.first.parameters(), lr=1e-2)
+        two = torch.optim.Adam(self.second.parameters(), lr=1e-2)
+        return [Stage("first", 0.5, [self.first], {"adam": one}),
+                Stage("second", 0.5, [self.second], {"adam": two}, [multistep(two, 3, (0.5,), 0.1)])]
+
+    def training_step(self, batch, stage, update):
+        noise = torch.randn(batch.images.shape, generator=batch.generator) * 0.1
+        features = self.first(batch.images + noise)
+        if stage.name == "first":
+            loss = features.square().mean()
+            update(loss, stage.optimizers["adam"])
+            return {"first": loss.detach(), "total": loss.detach()}
+        loss = (self.second(features) - batch.images).square().mean()
+        update(loss, stage.optimizers["adam"])
+        return {"second": loss.detach(), "total": loss.detach()}
+
+    def anomaly_map(self, images):
+        return (self.second(self.first(images)) - images).abs().mean(dim=1)
+'''
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    namespace: dict = {}
+    exec(compile(TOY_METHOD, "toy_method", "exec"), namespace)
+    monkeypatch.setitem(methods._REGISTRY, "toy-stages", namespace["TwoStages"])
+    return namespace["TwoStages"]

@@ -193,15 +193,7 @@ def test_runs_saved_before_recipes_existed_resume_with_the_papers():
     assert TrainConfig.from_dict(old).recipe == "paper"
 
 
-def test_multi_stage_averaging_runs_give_the_next_stage_the_averaged_weights(tmp_path, monkeypatch):
-    from test_stages import TOY_METHOD
-
-    from draem import methods
-
-    namespace: dict = {}
-    exec(compile(TOY_METHOD, "toy_method", "exec"), namespace)
-    toy = namespace["TwoStages"]
-    monkeypatch.setitem(methods._REGISTRY, "toy-stages", toy)
+def test_multi_stage_averaging_runs_give_the_next_stage_the_averaged_weights(toy, tmp_path, monkeypatch):
     seen = []
     original = toy.training_step
 
