@@ -4,11 +4,13 @@
         --anomaly-source ../shared/data/dtd-subset/images --methods draem --seeds 0 1
 
 Trains (or reuses, when its metrics.json exists) one run per method, dataset, seed and recipe under
---out/runs/<recipe>/<method>-<data>-s<seed> (1,500 steps of batch 8 at 128 px, bf16 where native, DRAEM
-widths 32/16, grey anomaly sources for grey images) and tests each in fp32. Budget runs train with
---average-weights, which does not change their course: their checkpoint holds the last weights, from which
-the plain budget recipe's model is finished (window chosen, thresholds calibrated) under --out/ingredients,
-and tested with the paper's window too. Prints the tables of the closing note.
+--out/runs/<recipe>/<method>-<data>-s<seed> (1,500 steps of batch 8 at 128 px, bf16 where native, on CUDA
+when present, DRAEM widths 32/16, grey anomaly sources for grey images) and tests each in fp32.
+Budget runs train with --average-weights, which does not change their course: their checkpoint holds the
+last weights, from which the plain budget recipe's model is finished (window chosen, thresholds
+calibrated) under --out/ingredients, and tested with the paper's window too. Prints the tables of the
+closing note; --report-only prints them from runs already there (trained elsewhere, or one data set and
+seed per process) and trains nothing.
 """
 
 from __future__ import annotations
@@ -19,13 +21,11 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from draem import methods
 from draem.data.catalog import select_dataset
-from draem.engine.devices import cpu_has_native_bf16
+from draem.engine.devices import resolve_device
 from draem.engine.evaluate import EvaluationConfig, evaluate
-from draem.engine.run import RunFiles, load_model, read_torch_file
+from draem.engine.run import RunFiles, read_torch_file
 from draem.engine.train import TrainConfig, finish, split_validation, train
 from draem.scoring import IMAGE_SCORE_WINDOW
 from draem.synthesis.sources import list_texture_images
@@ -39,25 +39,36 @@ def run_folder(out: Path, recipe: str, method: str, data: str, seed: int) -> Pat
     return out / "runs" / recipe / f"{method}-{data}-s{seed}"
 
 
+def measured(folder: Path, report_only: bool) -> bool:
+    """Whether the run in `folder` has its test metrics; with --report-only, their absence is an error."""
+    if not RunFiles(folder).metrics.exists() and report_only:
+        raise SystemExit(f"{folder}: no metrics.json (--report-only trains and tests nothing)")
+    return RunFiles(folder).metrics.exists()
+
+
+def metrics_of(folder: Path) -> dict:
+    return json.loads(RunFiles(folder).metrics.read_text())
+
+
 def train_and_test(folder: Path, method: str, data: str, recipe: str, seed: int, args: argparse.Namespace) -> dict:
     """The run's fp32 test metrics, training it first unless it has them."""
     files = RunFiles(folder)
-    if not files.metrics.exists():
+    if not measured(folder, args.report_only):
         if not files.model.exists():
             train(TrainConfig(data=data, out=str(folder), method=method, options=OPTIONS.get(method, {}),
                               max_steps=args.steps, image_size=args.image_size, batch_size=8,
                               anomaly_source=args.anomaly_source, source_colour="auto", seed=seed,
-                              precision="bf16" if cpu_has_native_bf16() else "fp32", recipe=recipe,
+                              precision="auto", recipe=recipe,
                               average_weights=recipe == "budget", resume=True))
         evaluate(EvaluationConfig(run=str(folder), data=data, precision="fp32"))
-    return json.loads(files.metrics.read_text())["overall"]
+    return metrics_of(folder)["overall"]
 
 
-def finish_with_last_weights(run: Path, folder: Path, data: str, window: int | None) -> dict:
+def finish_with_last_weights(run: Path, folder: Path, data: str, window: int | None, report_only: bool) -> dict:
     """Finish a budget run from its last (not averaged) weights as training would have without --average-weights,
     with the score window chosen (None) or given, in `folder`; its fp32 test metrics."""
     files = RunFiles(folder)
-    if not files.metrics.exists():
+    if not measured(folder, report_only):
         config = TrainConfig.from_dict(json.loads(RunFiles(run).config.read_text())["train"])
         config = replace(config, out=str(folder), score_window=window, average_weights=False)
         model = methods.get(config.method)(methods.get(config.method).Options.from_dict(config.options))
@@ -66,9 +77,9 @@ def finish_with_last_weights(run: Path, folder: Path, data: str, window: int | N
         _, held_out = split_validation(paths, config.validation_fraction, config.seed)
         textures = list_texture_images(config.anomaly_source) if config.anomaly_source else []
         folder.mkdir(parents=True, exist_ok=True)
-        finish(model, config, files, held_out or paths, textures, torch.device("cpu"))
+        finish(model.to(device := resolve_device("auto")), config, files, held_out or paths, textures, device)
         evaluate(EvaluationConfig(run=str(folder), data=data, precision="fp32"))
-    return json.loads(files.metrics.read_text())["overall"]
+    return metrics_of(folder)["overall"]
 
 
 def mean(rows: list[dict]) -> dict[str, float]:
@@ -90,6 +101,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--report-only", action="store_true", help="print the tables of runs already there")
     args = parser.parse_args()
     datasets = dict(item.split("=", 1) for item in args.data)
     header = "| | " + " | ".join(COLUMNS) + " |\n|---|" + "---:|" * len(COLUMNS)
@@ -102,8 +114,9 @@ def main() -> None:
                     metrics = train_and_test(folder, method, path, recipe, seed, args)
                     results.setdefault(name, {}).setdefault(recipe, []).append(metrics)
                 ingredients = args.out / "ingredients" / f"{method}-{name}-s{seed}"
-                variants = [finish_with_last_weights(folder, ingredients / "budget", path, None),
-                            finish_with_last_weights(folder, ingredients / "paper-window", path, IMAGE_SCORE_WINDOW),
+                variants = [finish_with_last_weights(folder, ingredients / "budget", path, None, args.report_only),
+                            finish_with_last_weights(folder, ingredients / "paper-window", path, IMAGE_SCORE_WINDOW,
+                                                     args.report_only),
                             metrics]
                 for variant, values in zip(VARIANTS, variants, strict=True):
                     results[name].setdefault(variant, []).append(values)
@@ -121,9 +134,9 @@ def main() -> None:
         print(row("paper recipe", overall["paper"]))
         for variant in VARIANTS[1::-1] + VARIANTS[2:]:
             print(row(variant, overall[variant], overall["paper"]))
-        chosen = {f"{name} s{seed}": load_model(args.out / "ingredients" / f"{method}-{name}-s{seed}" / "budget")
+        chosen = {f"{name} s{seed}": metrics_of(args.out / "ingredients" / f"{method}-{name}-s{seed}" / "budget")
                   for name in datasets for seed in args.seeds}
-        print("\nscore windows chosen: " + ", ".join(f"{k}: {v.info.score_window}" for k, v in chosen.items()))
+        print("\nscore windows chosen: " + ", ".join(f"{k}: {v['score_window']}" for k, v in chosen.items()))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from draem.cli import main
 from draem.data import datasets
 from draem.deploy.onnx import InferenceGraph, OnnxRuntimeModel, export_onnx, max_difference
 from draem.deploy.quantize import export_int8
-from draem.engine.devices import cpu_has_native_bf16, resolve_precision
+from draem.engine.devices import autocast, cpu_has_native_bf16, resolve_precision
 from draem.engine.inference import Predictor
 from draem.engine.run import load_model
 from draem.engine.train import TrainConfig, train
@@ -156,6 +156,19 @@ def test_bf16_is_chosen_only_where_native(tmp_path):
     expected = "bf16" if cpu_has_native_bf16() else "fp32"
     assert resolve_precision("auto", torch.device("cpu")) == expected
 
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # the bf16 autocast asked of a CPU-only build
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fp32_on_cuda_turns_tf32_off_and_restores_it(precision):
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with autocast(torch.device("cuda"), precision):
+            inside = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        assert inside == ((False, False) if precision == "fp32" else (True, True))
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 def test_fast_path_stays_close_to_the_exact_path(tiny_run):
     _, run = tiny_run

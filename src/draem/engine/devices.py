@@ -51,6 +51,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """bf16 autocast on the device for 'bf16'; plain fp32 for 'fp32'."""
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        yield
+    """bf16 autocast on the device for 'bf16'; plain fp32 for 'fp32', with CUDA's TF32 shortcut turned off."""
+    exact = device.type == "cuda" and precision == "fp32"
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if exact:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -1,0 +1,204 @@
+"""Training throughput of `draem train` against the authors' DRAEM loop, reproduced here, on one data set.
+
+    python benchmarks/training_loop.py --data ../shared/data/mtd --anomaly-source ../shared/data/dtd-subset/images
+    python benchmarks/training_loop.py ... --reference-steps 1500 --seed 0 --out ref-s0   # a reference model
+
+The reference is the authors' train_DRAEM.py as it runs on a CPU: a Dataset whose __getitem__ simulates one
+anomaly in numpy (OpenCV-style resizes, 3 of the 10 imgaug augmenters done with numpy and PIL, numpy Perlin
+noise, rotations), a DataLoader with their 16 worker processes, and the two sub-networks in fp32 eager NCHW
+with one Adam over both and the loss l2 + ssim + focal (our networks and losses, which the fixtures check
+against theirs). Ours is `draem.engine.train.train` with the paper recipe and the same sizes, timed from
+its losses.csv. Both skip their first steps (workers starting, allocator warming). Prints images/s and the
+ratio against the reference measured in the same run. With --reference-steps N --out DIR, trains the
+reference for N steps and saves it as a run that `draem test` evaluates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance, ImageOps
+from torch.utils.data import DataLoader, Dataset
+
+from draem.data.images import list_images
+from draem.engine.devices import cpu_has_native_bf16
+from draem.engine.run import ModelInfo, save_model
+from draem.engine.train import TrainConfig, train
+from draem.methods.draem import DraemModel, DraemOptions
+from draem.methods.draem.model import draem_loss
+from draem.synthesis.sources import list_texture_images
+
+AUTHORS_WORKERS = 16
+
+
+def perlin_noise(height: int, width: int, cells: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Gradient noise (H, W) over cells[0] x cells[1] lattice cells with random unit gradients, as a numpy loop
+    over one sample would compute it."""
+    angles = 2 * np.pi * rng.random((cells[0] + 1, cells[1] + 1))
+    gradients = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    y = np.arange(height) * cells[0] / height
+    x = np.arange(width) * cells[1] / width
+    row, col = y.astype(int), x.astype(int)
+    fy, fx = (y - row)[:, None], (x - col)[None, :]
+
+    def corner(dy: int, dx: int) -> np.ndarray:
+        g = gradients[row[:, None] + dy, col[None, :] + dx]
+        return g[..., 0] * (fy - dy) + g[..., 1] * (fx - dx)
+
+    def fade(t: np.ndarray) -> np.ndarray:
+        return t * t * t * (t * (6 * t - 15) + 10)
+
+    top = corner(0, 0) + fade(fx) * (corner(0, 1) - corner(0, 0))
+    bottom = corner(1, 0) + fade(fx) * (corner(1, 1) - corner(1, 0))
+    return math.sqrt(2) * (top + fade(fy) * (bottom - top))
+
+
+def _shift_channels(image: Image.Image, mode: str, shifts: list[tuple[int, float, float]]) -> Image.Image:
+    """Convert to `mode`, set channel c to clip(value * mul + add) for each (c, mul, add), convert back to RGB."""
+    channels = np.asarray(image.convert(mode)).astype(np.float32)
+    for channel, mul, add in shifts:
+        channels[..., channel] = channels[..., channel] * mul + add
+    return Image.fromarray(np.clip(channels, 0, 255).astype(np.uint8), mode).convert("RGB")
+
+
+def _gamma(image: Image.Image, rng: random.Random) -> Image.Image:
+    values = np.asarray(image).astype(np.float32) / 255
+    gammas = np.array([rng.uniform(0.5, 2.0) for _ in range(3)], dtype=np.float32)
+    return Image.fromarray((255 * values**gammas).astype(np.uint8))
+
+
+AUGMENTERS = [  # the authors' ten, in their order, each on one uint8 RGB image
+    _gamma,
+    lambda im, r: _shift_channels(im, "YCbCr", [(0, r.uniform(0.8, 1.2), r.uniform(-30, 30))]),
+    lambda im, r: ImageEnhance.Sharpness(im).enhance(r.uniform(0.0, 2.0)),
+    lambda im, r: _shift_channels(im, "HSV", [(0, 1.0, r.uniform(-50, 50)), (1, 1.0, r.uniform(-50, 50))]),
+    lambda im, r: ImageOps.solarize(im, r.randint(32, 128)) if r.random() < 0.5 else im,
+    lambda im, r: ImageOps.posterize(im, r.randint(1, 8)),
+    lambda im, r: ImageOps.invert(im),
+    lambda im, r: ImageOps.autocontrast(im, cutoff=r.uniform(0, 20)),
+    lambda im, r: ImageOps.equalize(im),
+    lambda im, r: im.rotate(r.uniform(-45, 45), Image.BILINEAR),
+]
+
+
+class AuthorsTrainingSet(Dataset):
+    """One training sample per call, simulated in numpy the way the authors' MVTecDRAEMTrainDataset does."""
+
+    def __init__(self, images: list[Path], sources: list[Path], size: int, seed: int) -> None:
+        self.images, self.sources, self.size, self.seed = images, sources, size, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _read(self, path: Path) -> Image.Image:
+        return Image.open(path).convert("RGB").resize((self.size, self.size), Image.BILINEAR)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        nprng = np.random.default_rng([self.seed, torch.initial_seed() % 2**32, index])  # per worker and epoch
+        rng = random.Random(int(nprng.integers(2**63)))
+        image = self._read(self.images[index])
+        if rng.random() > 0.7:
+            image = image.rotate(rng.uniform(-90, 90), Image.BILINEAR)
+        normal = np.asarray(image).astype(np.float32) / 255
+        source = self._read(self.sources[rng.randrange(len(self.sources))])
+        for choice in rng.sample(range(len(AUGMENTERS)), 3):
+            source = AUGMENTERS[choice](source, rng)
+        cells = (2 ** rng.randrange(6), 2 ** rng.randrange(6))
+        noise = Image.fromarray(perlin_noise(self.size, self.size, cells, nprng).astype(np.float32), "F")
+        noise = np.asarray(noise.rotate(rng.uniform(-90, 90), Image.BILINEAR))
+        mask = (noise > 0.5).astype(np.float32)[..., None]
+        beta = rng.random() * 0.8
+        pasted = np.asarray(source).astype(np.float32) * mask / 255
+        augmented = normal * (1 - mask) + (1 - beta) * pasted + beta * normal * mask
+        if rng.random() > 0.5:
+            augmented, mask = normal, np.zeros_like(mask)
+        return {"image": normal.transpose(2, 0, 1), "augmented": augmented.astype(np.float32).transpose(2, 0, 1),
+                "mask": mask.transpose(2, 0, 1)}
+
+
+def train_reference(images: list[Path], sources: list[Path], size: int, steps: int, skip: int, seed: int,
+                    workers: int) -> tuple[DraemModel, float]:
+    """The authors' loop for `steps` steps of batch 8; the model and its images/s after the first `skip` steps."""
+    torch.manual_seed(seed)
+    model = DraemModel(DraemOptions(recon_width=32, seg_width=16)).train()
+    optimizer = torch.optim.Adam([{"params": model.reconstructive.parameters(), "lr": 1e-4},
+                                  {"params": model.discriminative.parameters(), "lr": 1e-4}])
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(steps * 0.8), int(steps * 0.9)], gamma=0.2)
+    loader = DataLoader(AuthorsTrainingSet(images, sources, size, seed), batch_size=8, shuffle=True,
+                        num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    step, started = 0, time.perf_counter()
+    while step < steps:
+        for batch in loader:
+            reconstruction, logits = model(batch["augmented"])
+            loss = draem_loss(reconstruction, batch["image"], logits, batch["mask"], "l2+ssim")["total"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if step == skip:
+                started = time.perf_counter()
+            if step == steps:
+                break
+    return model.eval(), 8 * (steps - skip) / (time.perf_counter() - started)
+
+
+def ours(data: str, sources: str, size: int, steps: int, skip: int, precision: str, workers: int,
+         out: Path) -> float:
+    """images/s of `draem train` (paper recipe, same sizes) over its steps after the first `skip`."""
+    train(TrainConfig(data=data, out=str(out), method="draem", options={"recon_width": 32, "seg_width": 16},
+                      max_steps=steps, image_size=size, batch_size=8, anomaly_source=sources, recipe="paper",
+                      precision=precision, workers=workers, device="cpu"))
+    with (out / "losses.csv").open() as stream:
+        rates = [float(row["images_per_s"]) for row in csv.DictReader(stream)][skip:]
+    return 8 * len(rates) / sum(8 / rate for rate in rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="an MVTec-layout category")
+    parser.add_argument("--anomaly-source", required=True)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=40, help="timed steps, after --skip")
+    parser.add_argument("--skip", type=int, default=8, help="untimed first steps")
+    parser.add_argument("--reference-workers", type=int, default=AUTHORS_WORKERS)
+    parser.add_argument("--reference-steps", type=int, help="train the reference this long and save it in --out")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    images = list_images(Path(args.data) / "train" / "good")
+    sources = list_texture_images(args.anomaly_source)
+    if args.reference_steps:
+        model, _ = train_reference(images, sources, args.image_size, args.reference_steps, 1, args.seed,
+                                   args.reference_workers)
+        save_model(args.out / "model.pt", model, ModelInfo.of(model, args.image_size))
+        print(f"reference model after {args.reference_steps} steps: {args.out / 'model.pt'}")
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, native bf16: "
+          f"{cpu_has_native_bf16()}; DRAEM 32/16, {args.image_size} px, batch 8, {args.steps} timed steps")
+    total = args.skip + args.steps
+    _, reference = train_reference(images, sources, args.image_size, total, args.skip, args.seed,
+                                   args.reference_workers)
+    print(f"{'authors loop, fp32 eager NCHW, ' + str(args.reference_workers) + ' workers':<52}"
+          f"{reference:>7.2f} images/s   1.00x", flush=True)
+    precisions = ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",)
+    with tempfile.TemporaryDirectory() as folder:
+        for precision in precisions:
+            for workers in (0, 1):
+                rate = ours(args.data, args.anomaly_source, args.image_size, total, args.skip, precision, workers,
+                            Path(folder) / f"{precision}-{workers}")
+                print(f"{f'draem train, {precision} channels-last, {workers} workers':<52}{rate:>7.2f} images/s"
+                      f"{rate / reference:>7.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
