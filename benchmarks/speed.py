@@ -4,8 +4,9 @@
     python benchmarks/speed.py --only infer --networks narrow
     python benchmarks/speed.py --only memory
 
-Inference and training are timed at 256x256 for the full-size (128/64) and a narrow (32/16) DRAEM; training
-also for every other registered method at its full-size defaults (each method's own training step, batch 8).
+Inference and training are timed at 256x256 for the full-size (128/64) and a narrow (32/16) DRAEM, and
+for every other registered method at its full-size defaults (training: each method's own step, batch 8);
+`--methods` picks among the other methods (`--methods none` for DRAEM alone).
 `fp32 eager NCHW` is plain PyTorch, the baseline; `fp32 channels-last` is the exact path of
 `draem test/predict --precision fp32` and their default on CPUs without native bf16; `bf16 channels-last`
 is their default on CPUs with native bf16 (its rows are skipped elsewhere, where bf16 is emulated and slow);
@@ -57,7 +58,7 @@ def images_per_second(images_per_call: int, call: Callable[[], object], seconds:
 
 def row(what: str, network: str, mode: str, batch: int, value: float, baseline: float | None) -> None:
     ratio = f"{value / baseline:>7.2f}x" if baseline else f"{'':>8}"
-    print(f"{what:<10}{network:<16}{mode:<22}{batch:>6}{value:>11.2f}{ratio}", flush=True)
+    print(f"{what:<10}{network:<22}{mode:<22}{batch:>6}{value:>11.2f}{ratio}", flush=True)
 
 
 def torch_inference(model: AnomalyModel, batch: int, precision: str, channels_last: bool) -> Callable[[], None]:
@@ -126,19 +127,27 @@ def training_step(model: AnomalyModel, batch: int, precision: str, channels_last
     return step
 
 
-def make_run(folder: Path, widths: tuple[int, int]) -> Path:
-    torch.manual_seed(0)
-    model = DraemModel(DraemOptions(*widths)).eval()
-    save_model(folder / "model.pt", model, ModelInfo.of(model, SIZE))
+def make_run(folder: Path, model: AnomalyModel) -> Path:
+    save_model(folder / "model.pt", model.eval(), ModelInfo.of(model, SIZE))
     return folder
 
 
-def inference(networks: list[str], batches: list[int], seconds: float, work: Path) -> None:
-    print(f"{'what':<10}{'network':<16}{'mode':<22}{'batch':>6}{'images/s':>11}{'vs base':>8}")
+def networks_to_time(networks: list[str], others: list[str]) -> dict[str, tuple[type[AnomalyModel], object]]:
+    """Label -> (method, options): DRAEM at the asked widths, then the other asked methods at their defaults."""
+    chosen = {f"{name} {WIDTHS[name][0]}/{WIDTHS[name][1]}": (DraemModel, DraemOptions(*WIDTHS[name]))
+              for name in networks}
+    for name in others:
+        chosen[f"{name} defaults"] = (methods.get(name), methods.get(name).Options())
+    return chosen
+
+
+def inference(models: dict[str, tuple[type[AnomalyModel], object]], batches: list[int], seconds: float,
+              work: Path) -> None:
+    print(f"{'what':<10}{'network':<22}{'mode':<22}{'batch':>6}{'images/s':>11}{'vs base':>8}")
     calibration = random_images(work / "calibration", 8)
-    for name in networks:
-        run = make_run(work / name, WIDTHS[name])
-        label = f"{name} {WIDTHS[name][0]}/{WIDTHS[name][1]}"
+    for label, (method, options) in models.items():
+        torch.manual_seed(0)
+        run = make_run(work / label.replace(" ", "-").replace("/", "-"), method(options))
         for batch in batches:
             baseline = None
             for mode, (precision, channels_last) in MODES.items():
@@ -152,13 +161,7 @@ def inference(networks: list[str], batches: list[int], seconds: float, work: Pat
                 images_per_second(batch, int8_inference(run, batch, calibration), seconds), baseline)
 
 
-def training(networks: list[str], seconds: float) -> None:
-    """DRAEM at both widths, then every other registered method at its full-size defaults."""
-    models = {f"{name} {WIDTHS[name][0]}/{WIDTHS[name][1]}": (DraemModel, DraemOptions(*WIDTHS[name]))
-              for name in networks}
-    for name in methods.available():
-        if name != "draem":
-            models[f"{name} defaults"] = (methods.get(name), methods.get(name).Options())
+def training(models: dict[str, tuple[type[AnomalyModel], object]], seconds: float) -> None:
     for label, (method, options) in models.items():
         baseline = None
         for mode, (precision, channels_last) in MODES.items():
@@ -188,7 +191,8 @@ sys.exit(status)
 
 def peak_memory(work: Path) -> None:
     """Peak resident memory of `draem predict` on the full-size model, per batch size and precision."""
-    run = make_run(work / "memory", WIDTHS["full"])
+    torch.manual_seed(0)
+    run = make_run(work / "memory", DraemModel(DraemOptions(*WIDTHS["full"])))
     inputs = work / "inputs"
     random_images(inputs, 16)
     for precision in PRECISIONS:
@@ -200,7 +204,7 @@ def peak_memory(work: Path) -> None:
             peaks = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("VmHWM")]
             peak_mb = int(peaks[-1]) / 1024 if peaks else float("nan")
             state = "ok" if result.returncode == 0 else f"exit status {result.returncode}"
-            print(f"{'memory':<10}{'full 128/64':<16}{'predict ' + precision:<22}{batch:>6}"
+            print(f"{'memory':<10}{'full 128/64':<22}{'predict ' + precision:<22}{batch:>6}"
                   f"{peak_mb:>9.0f} MB peak RSS ({state})", flush=True)
 
 
@@ -208,10 +212,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("infer", "train", "sim", "memory"))
     parser.add_argument("--networks", default="full,narrow")
+    others = [name for name in methods.available() if name != "draem"]
+    parser.add_argument("--methods", nargs="+", default=others, choices=[*others, "none"],
+                        help="the other methods to time at their defaults")
     parser.add_argument("--batches", default="1,4,8", help="inference batch sizes")
     parser.add_argument("--seconds", type=float, default=8.0, help="minimum timing per figure")
     args = parser.parse_args()
-    networks = args.networks.split(",")
+    models = networks_to_time(args.networks.split(","), [name for name in args.methods if name != "none"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
           f"native bf16: {NATIVE_BF16}, {SIZE}x{SIZE}")
     if not NATIVE_BF16:
@@ -220,9 +227,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         if args.only in (None, "infer"):
-            inference(networks, [int(b) for b in args.batches.split(",")], args.seconds, work)
+            inference(models, [int(b) for b in args.batches.split(",")], args.seconds, work)
         if args.only in (None, "train"):
-            training(networks, args.seconds)
+            training(models, args.seconds)
         if args.only in (None, "sim"):
             simulator(args.seconds)
         if args.only in (None, "memory"):
