@@ -2,15 +2,18 @@
 
     python benchmarks/training_loop.py --data ../shared/data/mtd --anomaly-source ../shared/data/dtd-subset/images
     python benchmarks/training_loop.py ... --reference-steps 1500 --seed 0 --out ref-s0   # a reference model
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/training_loop.py ... --precisions fp32
 
 The reference is the authors' train_DRAEM.py as it runs on a CPU: a Dataset whose __getitem__ simulates one
 anomaly in numpy (OpenCV-style resizes, 3 of the 10 imgaug augmenters done with numpy and PIL, numpy Perlin
 noise, rotations), a DataLoader with their 16 worker processes, and the two sub-networks in fp32 eager NCHW
 with one Adam over both and the loss l2 + ssim + focal (our networks and losses, which the fixtures check
 against theirs). Ours is `draem.engine.train.train` with the paper recipe and the same sizes, timed from
-its losses.csv. Both skip their first steps (workers starting, allocator warming). Prints images/s and the
+its losses.csv. Both skip their first 40 steps (workers starting and filling their queue of
+32 batches, allocator warming), so that the reference is timed in its steady state. Prints images/s and the
 ratio against the reference measured in the same run. With --reference-steps N --out DIR, trains the
-reference for N steps and saves it as a run that `draem test` evaluates.
+reference for N steps and saves it as a run that `draem test` evaluates. The third line limits oneDNN and
+PyTorch's own kernels to AVX2, as on a CPU without AVX-512.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import platform
 import random
 import tempfile
@@ -147,6 +151,8 @@ def train_reference(images: list[Path], sources: list[Path], size: int, steps: i
             step += 1
             if step == skip:
                 started = time.perf_counter()
+            if step % 100 == 0:
+                print(f"reference step {step} of {steps}, loss {loss.item():.4f}", flush=True)
             if step == steps:
                 break
     return model.eval(), 8 * (steps - skip) / (time.perf_counter() - started)
@@ -168,11 +174,15 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="an MVTec-layout category")
     parser.add_argument("--anomaly-source", required=True)
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=40, help="timed steps, after --skip")
-    parser.add_argument("--skip", type=int, default=8, help="untimed first steps")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps, after --skip")
+    parser.add_argument("--skip", type=int, default=40,
+                        help="untimed first steps: more than the batches the workers prefetch (2 each)")
     parser.add_argument("--reference-workers", type=int, default=AUTHORS_WORKERS)
     parser.add_argument("--reference-steps", type=int, help="train the reference this long and save it in --out")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"),
+                        default=["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"],
+                        help="of draem train (default: bf16 too where the CPU computes it natively)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     images = list_images(Path(args.data) / "train" / "good")
@@ -183,16 +193,18 @@ def main() -> None:
         save_model(args.out / "model.pt", model, ModelInfo.of(model, args.image_size))
         print(f"reference model after {args.reference_steps} steps: {args.out / 'model.pt'}")
         return
+    limits = [f"{name}={os.environ[name]}" for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+              if name in os.environ]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, native bf16: "
-          f"{cpu_has_native_bf16()}; DRAEM 32/16, {args.image_size} px, batch 8, {args.steps} timed steps")
+          f"{cpu_has_native_bf16()} {' '.join(limits)}; DRAEM 32/16, {args.image_size} px, batch 8, "
+          f"{args.steps} timed steps")
     total = args.skip + args.steps
     _, reference = train_reference(images, sources, args.image_size, total, args.skip, args.seed,
                                    args.reference_workers)
     print(f"{'authors loop, fp32 eager NCHW, ' + str(args.reference_workers) + ' workers':<52}"
           f"{reference:>7.2f} images/s   1.00x", flush=True)
-    precisions = ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",)
     with tempfile.TemporaryDirectory() as folder:
-        for precision in precisions:
+        for precision in args.precisions:
             for workers in (0, 1):
                 rate = ours(args.data, args.anomaly_source, args.image_size, total, args.skip, precision, workers,
                             Path(folder) / f"{precision}-{workers}")
