@@ -41,9 +41,10 @@ def run_folder(out: Path, recipe: str, method: str, data: str, seed: int) -> Pat
 
 def measured(folder: Path, report_only: bool) -> bool:
     """Whether the run in `folder` has its test metrics; with --report-only, their absence is an error."""
-    if not RunFiles(folder).metrics.exists() and report_only:
+    exists = RunFiles(folder).metrics.exists()
+    if not exists and report_only:
         raise SystemExit(f"{folder}: no metrics.json (--report-only trains and tests nothing)")
-    return RunFiles(folder).metrics.exists()
+    return exists
 
 
 def metrics_of(folder: Path) -> dict:

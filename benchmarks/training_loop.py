@@ -33,10 +33,11 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-from draem.data.images import list_images
+from draem.data.catalog import select_dataset
 from draem.engine.devices import cpu_has_native_bf16
 from draem.engine.run import ModelInfo, save_model
 from draem.engine.train import TrainConfig, train
+from draem.errors import DraemError
 from draem.methods.draem import DraemModel, DraemOptions
 from draem.methods.draem.model import draem_loss
 from draem.synthesis.sources import list_texture_images
@@ -166,7 +167,7 @@ def ours(data: str, sources: str, size: int, steps: int, skip: int, precision: s
                       precision=precision, workers=workers, device="cpu"))
     with (out / "losses.csv").open() as stream:
         rates = [float(row["images_per_s"]) for row in csv.DictReader(stream)][skip:]
-    return 8 * len(rates) / sum(8 / rate for rate in rates)
+    return len(rates) / sum(1 / rate for rate in rates)
 
 
 def main() -> None:
@@ -185,8 +186,15 @@ def main() -> None:
                         help="of draem train (default: bf16 too where the CPU computes it natively)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    images = list_images(Path(args.data) / "train" / "good")
-    sources = list_texture_images(args.anomaly_source)
+    if args.reference_steps and args.out is None:
+        parser.error("--reference-steps needs --out, the folder to save the reference model in")
+    try:
+        images = select_dataset(args.data, None).train_images()
+        sources = list_texture_images(args.anomaly_source)
+    except DraemError as exc:
+        parser.error(str(exc))
+    if len(images) < 8:
+        parser.error(f"{args.data}: {len(images)} training images, fewer than one batch of 8")
     if args.reference_steps:
         model, _ = train_reference(images, sources, args.image_size, args.reference_steps, 1, args.seed,
                                    args.reference_workers)

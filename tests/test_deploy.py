@@ -170,6 +170,7 @@ def test_fp32_on_cuda_turns_tf32_off_and_restores_it(precision):
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
+
 def test_fast_path_stays_close_to_the_exact_path(tiny_run):
     _, run = tiny_run
     images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -139,7 +139,6 @@ def test_onnx_export_matches_pytorch_for_every_method(trained, tmp_path):
     assert max_difference(graph, runtime, torch.rand(2, 3, SIZE, SIZE), padded) <= tolerance
 
 
-
 def test_int8_graph_runs_for_every_method(trained, tmp_path):
     """Quantised on the run's training images, the graph runs and its scores stay near the fp32 graph's on them.
     (Maps are not bounded here: DSR's quantiser picks another code where int8 moves a feature, which moves a
