@@ -1,10 +1,11 @@
 """How far the fast inference paths move a trained model's results: metrics and the largest map difference.
 
-    python benchmarks/fast_path_accuracy.py --run runs/mtd --data mtd --out fast-paths [--keep-float 0 1 2]
+    python benchmarks/fast_path_accuracy.py --run runs/mtd --data mtd --out fast-paths [--keep-float 1 2]
 
 Each path is tested like `draem test --backend ... --precision ...` on a copy of the run's model.pt under --out
 (the run itself is not written to): PyTorch bf16 (where the CPU has native bf16), onnxruntime fp32, and int8
-graphs with 0, 1, 2... of their last convolutions kept in float32, all against PyTorch fp32. Printed: every
+graphs with 1, 2... of their last convolutions kept in float32, each with and without the convolutions that read
+the image (the default keeps them), all against PyTorch fp32. Printed: every
 metric's change, and the largest absolute difference of anomaly maps and of image scores on --map-images test
 images spread over the test set.
 """
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--category")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--map-images", type=int, default=64, help="test images for the map comparison")
-    parser.add_argument("--keep-float", type=int, nargs="+", default=[0, 1, 2],
+    parser.add_argument("--keep-float", type=int, nargs="+", default=[1],
                         help="int8 variants: how many of the last convolutions stay float32")
     args = parser.parse_args()
     training = run_training_images(args.run)
@@ -61,9 +62,10 @@ def main() -> None:
         variants["pytorch bf16"] = ("torch", "bf16", copy_of_run(args.run, args.out / "bf16"))
     variants["onnxruntime fp32"] = ("onnxruntime", "fp32", copy_of_run(args.run, args.out / "onnx"))
     for keep in args.keep_float:
-        folder = copy_of_run(args.run, args.out / f"int8-float-tail-{keep}")
-        export_int8(folder, folder / "model.int8.onnx", training, keep_float=keep)
-        variants[f"int8, last {keep} conv fp32"] = ("onnxruntime-int8", "fp32", folder)
+        for image_side in (True, False):
+            folder = copy_of_run(args.run, args.out / f"int8-float-tail-{keep}{'-image-side' * image_side}")
+            export_int8(folder, folder / "model.int8.onnx", training, keep_float=keep, image_side=image_side)
+            variants[f"int8, {'image side + ' * image_side}last {keep} fp32"] = ("onnxruntime-int8", "fp32", folder)
     results = {}
     for label, (backend, precision, folder) in variants.items():
         metrics = evaluate(EvaluationConfig(run=str(folder), data=args.data, category=args.category, out=str(folder),
@@ -71,11 +73,11 @@ def main() -> None:
         results[label] = (metrics, *maps_and_scores(folder, args.data, args.category, backend, precision,
                                                     args.map_images))
     reference, reference_maps, reference_scores = results["pytorch fp32"]
-    print(f"{'path':<28}" + "".join(f"{name:>14}" for name in METRIC_NAMES) + f"{'max |map|':>11}{'max |score|':>12}")
+    print(f"{'path':<34}" + "".join(f"{name:>14}" for name in METRIC_NAMES) + f"{'max |map|':>11}{'max |score|':>12}")
     for label, (metrics, maps, scores) in results.items():
         deltas = "".join(f"{metrics[n] - reference[n]:>+14.4f}" if metrics[n] is not None else f"{'n/a':>14}"
                          for n in METRIC_NAMES)
-        print(f"{label:<28}{deltas}{float((maps - reference_maps).abs().max()):>11.4f}"
+        print(f"{label:<34}{deltas}{float((maps - reference_maps).abs().max()):>11.4f}"
               f"{float((scores - reference_scores).abs().max()):>12.4f}")
     print("pytorch fp32 metrics: " + ", ".join(f"{n} {reference[n]:.4f}" for n in METRIC_NAMES))
 

@@ -92,14 +92,15 @@ def onnx_inference(run: Path, batch: int) -> Callable[[], None]:
     return lambda: runtime(images)
 
 
-def int8_inference(run: Path, batch: int, calibration: list[Path]) -> Callable[[], None]:
+def int8_inference(run: Path, batch: int, calibration: list[Path], image_side: bool = True) -> Callable[[], None]:
+    """The int8 graph as exported (image-side and last convolutions float32) or with only the last one float."""
     from draem.data.datasets import TrainImages
     from draem.deploy.onnx import OnnxRuntimeModel
     from draem.deploy.quantize import quantize
 
-    path = run / "model.int8.onnx"
+    path = run / ("model.int8.onnx" if image_side else "model.int8-tail.onnx")
     if not path.exists():
-        quantize(fp32_graph(run), path, TrainImages(calibration, SIZE, "resize"))
+        quantize(fp32_graph(run), path, TrainImages(calibration, SIZE, "resize"), image_side=image_side)
     runtime = OnnxRuntimeModel(path)
     images = torch.rand(batch, 3, SIZE, SIZE)
     return lambda: runtime(images)
@@ -165,8 +166,9 @@ def inference(models: dict[str, tuple[type[AnomalyModel], object]], batches: lis
                 row("infer", label, mode, batch, value, baseline)
             row("infer", label, "onnxruntime fp32", batch, images_per_second(batch, onnx_inference(run, batch),
                                                                              seconds), baseline)
-            row("infer", label, "onnxruntime int8", batch,
-                images_per_second(batch, int8_inference(run, batch, calibration), seconds), baseline)
+            for image_side, mode in ((True, "onnxruntime int8"), (False, "int8, image side int8")):
+                row("infer", label, mode, batch,
+                    images_per_second(batch, int8_inference(run, batch, calibration, image_side), seconds), baseline)
 
 
 def training(models: dict[str, tuple[type[AnomalyModel], object]], seconds: float) -> None:

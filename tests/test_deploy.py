@@ -94,7 +94,17 @@ def test_predict_and_test_run_on_onnxruntime(tiny_run, tmp_path, capsys):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
-def test_int8_graph_quantises_all_but_the_last_convolution_and_stays_near_fp32(tiny_run, tmp_path, monkeypatch):
+def float_convolutions_of(path: Path) -> list[bool]:
+    """For each convolution of an int8 graph, in order: whether its weights stayed float32."""
+    import onnx
+
+    nodes = list(onnx.load(str(path)).graph.node)
+    produced_by = {output: node.op_type for node in nodes for output in node.output}
+    return [produced_by.get(node.input[1]) != "DequantizeLinear" for node in nodes if node.op_type == "Conv"]
+
+
+def test_int8_graph_keeps_the_image_side_and_the_last_convolution_float_and_stays_near_fp32(tiny_run, tmp_path,
+                                                                                            monkeypatch):
     import onnx
 
     data, run = tiny_run
@@ -104,10 +114,15 @@ def test_int8_graph_quantises_all_but_the_last_convolution_and_stays_near_fp32(t
     path = export_int8(run, tmp_path / "model.int8.onnx")
     assert seen and all(p.parent == data / "train" / "good" for p in seen), "calibration reads training images only"
     nodes = list(onnx.load(str(path)).graph.node)
-    produced_by = {output: node.op_type for node in nodes for output in node.output}
-    convolutions = [node for node in nodes if node.op_type == "Conv"]
-    quantised = [produced_by.get(node.input[1]) == "DequantizeLinear" for node in convolutions]
-    assert all(quantised[:-1]) and not quantised[-1], "int8 weights everywhere but the map's last convolution"
+    produced_by = {output: node for node in nodes for output in node.output}
+    reads_image = ["image" in (produced_by[n.input[0]].input if n.input[0] in produced_by else [n.input[0]])
+                   for n in nodes if n.op_type == "Conv"]
+    assert sum(reads_image) == 2 and reads_image[0], "DRAEM's two networks each open with a convolution of the image"
+    kept = float_convolutions_of(path)
+    assert kept == [image or last for image, last in zip(reads_image, [False] * (len(kept) - 1) + [True],
+                                                          strict=True)]
+    assert float_convolutions_of(export_int8(run, tmp_path / "tail.int8.onnx", image_side=False)) == \
+        [False] * (len(kept) - 1) + [True]
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     exact, fast = OnnxRuntimeModel(export_onnx(run, tmp_path / "model.onnx"))(images), OnnxRuntimeModel(path)(images)
     assert float((exact[0] - fast[0]).abs().max()) <= 0.02 and float((exact[1] - fast[1]).abs().max()) <= 0.02

@@ -24,6 +24,7 @@ QUANTISED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 """Only these run in int8; pooling, the mean filter, softmax and the score stay float32."""
 FLOAT_TAIL = 1
 """How many of the graph's last convolutions stay float32 (the layer that makes the map's logits)."""
+CONVOLUTIONS = ("Conv", "ConvTranspose")
 CALIBRATION_IMAGES = 32
 
 
@@ -60,17 +61,41 @@ class _Batches:
         return next(self.items, None)
 
 
-def float_tail(graph_path: Path, count: int) -> list[str]:
-    """Names of the last `count` convolution nodes of a graph, in graph order."""
+def float_convolutions(graph_path: Path, tail: int, image_side: bool = True) -> list[str]:
+    """Names of the convolutions that stay float32: the last `tail` in graph order and, with `image_side`, those
+    that read the input image with no convolution in between (each network's first layer, where one int8 step
+    is a visible change of the pixels it compares)."""
     import onnx
 
-    nodes = [node.name for node in onnx.load(str(graph_path)).graph.node if node.op_type in ("Conv", "ConvTranspose")]
-    return nodes[len(nodes) - count:] if count else []
+    graph = onnx.load(str(graph_path)).graph
+    producer = {output: node for node in graph.node for output in node.output}
+    image = graph.input[0].name
+
+    def reads_image(tensor: str) -> bool:
+        """Whether `tensor` comes from the input image through nodes that are not convolutions."""
+        pending, seen = [tensor], set()
+        while pending:
+            name = pending.pop()
+            if name == image:
+                return True
+            node = producer.get(name)
+            if name in seen or node is None or node.op_type in CONVOLUTIONS:
+                continue
+            seen.add(name)
+            pending.extend(node.input)
+        return False
+
+    convolutions = [node for node in graph.node if node.op_type in CONVOLUTIONS]
+    chosen = {node.name for node in convolutions[len(convolutions) - tail:]} if tail else set()
+    if image_side:
+        chosen |= {node.name for node in convolutions if reads_image(node.input[0])}
+    return [node.name for node in convolutions if node.name in chosen]
 
 
-def quantize(graph_path: Path, out: Path, images: TrainImages, keep_float: int = FLOAT_TAIL) -> Path:
+def quantize(graph_path: Path, out: Path, images: TrainImages, keep_float: int = FLOAT_TAIL,
+             image_side: bool = True) -> Path:
     """Write the int8 QDQ version of an fp32 graph: per-channel int8 weights, uint8 activations calibrated
-    (min-max) on `images`; the last `keep_float` convolutions stay float32."""
+    (min-max) on `images`; `float_convolutions` stay float32."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +104,8 @@ def quantize(graph_path: Path, out: Path, images: TrainImages, keep_float: int =
     try:
         quantize_static(str(graph_path), temporary, _Batches(images), quant_format=QuantFormat.QDQ,
                         per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        op_types_to_quantize=list(QUANTISED_OPS), nodes_to_exclude=float_tail(graph_path, keep_float))
+                        op_types_to_quantize=list(QUANTISED_OPS),
+                        nodes_to_exclude=float_convolutions(graph_path, keep_float, image_side))
         os.replace(temporary, out)
     finally:
         Path(temporary).unlink(missing_ok=True)
@@ -87,7 +113,7 @@ def quantize(graph_path: Path, out: Path, images: TrainImages, keep_float: int =
 
 
 def export_int8(run: str | Path, out: str | Path, calibration: list[Path] | None = None,
-                count: int = CALIBRATION_IMAGES, keep_float: int = FLOAT_TAIL) -> Path:
+                count: int = CALIBRATION_IMAGES, keep_float: int = FLOAT_TAIL, image_side: bool = True) -> Path:
     """Export a run to an int8 ONNX graph calibrated on `count` of its training images (or of `calibration`),
     and log how far its maps are from the fp32 graph's on those images."""
     loaded = load_model(run)
@@ -97,7 +123,7 @@ def export_int8(run: str | Path, out: str | Path, calibration: list[Path] | None
     out = Path(out)
     with tempfile.TemporaryDirectory() as scratch:
         fp32 = export_onnx(run, Path(scratch) / "model.onnx")
-        quantize(fp32, out, images, keep_float)
+        quantize(fp32, out, images, keep_float, image_side)
         batch = torch.stack([images[i, 0]["image"] for i in range(min(len(images), 4))])
         exact, fast = OnnxRuntimeModel(fp32)(batch), OnnxRuntimeModel(out)(batch)
     log.info("int8 graph calibrated on %d training images; on 4 of them its maps differ from fp32 by at most "
