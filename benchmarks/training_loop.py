@@ -13,7 +13,8 @@ its losses.csv. Both skip their first 40 steps (workers starting and filling the
 32 batches, allocator warming), so that the reference is timed in its steady state. Prints images/s and the
 ratio against the reference measured in the same run. With --reference-steps N --out DIR, trains the
 reference for N steps and saves it as a run that `draem test` evaluates. The third line limits oneDNN and
-PyTorch's own kernels to AVX2, as on a CPU without AVX-512.
+PyTorch's own kernels to AVX2, as on a CPU without AVX-512. The last rows are the ceiling that these networks
+set: the time of their convolutions alone (forward and backward, profiled), which no loop can go below.
 """
 
 from __future__ import annotations
@@ -170,6 +171,27 @@ def ours(data: str, sources: str, size: int, steps: int, skip: int, precision: s
     return len(rates) / sum(1 / rate for rate in rates)
 
 
+def convolution_seconds(size: int, precision: str, steps: int = 5) -> float:
+    """Seconds a step that DRAEM 32/16's convolutions alone take, forward and backward, channels-last, batch 8:
+    no loop around these networks can step faster."""
+    torch.manual_seed(0)
+    model = DraemModel(DraemOptions(recon_width=32, seg_width=16)).train().to(memory_format=torch.channels_last)
+    images = torch.rand(8, 3, size, size).contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            reconstruction, logits = model(images)
+        (reconstruction.float().square().mean() + logits.float().square().mean()).backward()
+
+    for _ in range(3):
+        step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        for _ in range(steps):
+            step()
+    microseconds = sum(e.self_cpu_time_total for e in profile.key_averages() if "conv" in e.key)
+    return microseconds / 1e6 / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="an MVTec-layout category")
@@ -218,6 +240,10 @@ def main() -> None:
                             Path(folder) / f"{precision}-{workers}")
                 print(f"{f'draem train, {precision} channels-last, {workers} workers':<52}{rate:>7.2f} images/s"
                       f"{rate / reference:>7.2f}x", flush=True)
+    for precision in args.precisions:
+        seconds = convolution_seconds(args.image_size, precision)
+        print(f"{f'ceiling: the {precision} convolutions alone, {1000 * seconds:.0f} ms a step':<52}"
+              f"{8 / seconds:>7.2f} images/s{8 / seconds / reference:>7.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import torch
 from conftest import write_png
 from PIL import Image
 
+from draem.data.datasets import TrainImages
 from draem.data.images import fit_to_square, map_to_original, read_image, read_mask, valid_region
 from draem.errors import DraemError
 
@@ -89,3 +90,22 @@ def test_the_authors_resize_does_not_antialias_and_keeps_only_full_mask_pixels()
     smooth = fit_to_square(stripes, 32, "resize")[0]
     sharp = fit_to_square(stripes, 32, "resize", "authors")[0]
     assert smooth.std() < 0.1 < 0.4 < sharp.std(), "antialiasing averages the stripes away; the authors' way aliases"
+
+
+def test_training_images_are_read_once_while_the_cache_has_room(tmp_path):
+    paths = [tmp_path / f"{i}.png" for i in range(2)]
+    for i, path in enumerate(paths):
+        write_png(path, np.full((40, 30, 3), 60 * i + 10, dtype=np.uint8))
+    one_image = 3 * 16 * 16 * 4
+    cached = TrainImages(paths, 16, "resize", textures=paths[:1], cache_bytes=2 * one_image)
+    first = cached[(0, 0)]  # fills the room: image 0, and the same file as a texture
+    expected = [TrainImages(paths, 16, "resize", textures=paths[:1])[(i, 0)] for i in range(2)]
+    cached[(1, 0)]
+    for path in paths:
+        path.unlink()
+    again = cached[(0, 0)]
+    assert again["image"] is first["image"] and again["source"] is first["source"]
+    for key in ("image", "source"):
+        torch.testing.assert_close(again[key], expected[0][key], rtol=0, atol=0)
+    with pytest.raises(DraemError, match="1.png"):
+        cached[(1, 0)]

@@ -101,6 +101,7 @@ def test_out_naming_a_file_is_refused(finished, tmp_path, capsys, command):
     (["--lr", "-1"], "--lr -1.0: must be a positive number"),
     (["--score-window", "4"], "--score-window 4: must be a positive odd number"),
     (["--rotation-prob", "2"], "--rotation-prob 2.0: must be in [0, 1]"),
+    (["--cache-mb", "-1"], "--cache-mb -1: must be 0 or more"),
 ])
 def test_bad_values_are_one_line(tmp_path, capsys, flags, message):
     data = make_category(tmp_path / "widget")

@@ -102,6 +102,8 @@ def _add_train(commands: argparse._SubParsersAction, method: str = "draem") -> N
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels-last memory format (faster on CPUs)")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--cache-mb", type=int, default=2048,
+                   help="memory for decoded training images and textures, reused by later epochs (0: none)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--validation-fraction", type=float, default=0.1,
                    help="share of the good images held out to calibrate thresholds (0: use training images)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -15,23 +15,43 @@ from draem.synthesis.sources import load_texture
 
 
 class TrainImages(Dataset):
-    """Index pairs (image, texture) -> fitted image and, when textures are given, a texture."""
+    """Index pairs (image, texture) -> fitted image and, when textures are given, a texture.
+
+    Fitted images and textures stay in memory up to `cache_bytes` in all, so that later epochs skip decoding
+    and resizing (within one process: a loader worker's cache ends with its epoch).
+    """
 
     def __init__(self, paths: Sequence[Path], size: int, fit: str, textures: Sequence[Path] = (),
-                 resize: str = "antialias") -> None:
+                 resize: str = "antialias", cache_bytes: int = 0) -> None:
         self.paths, self.size, self.fit, self.textures = list(paths), size, fit, list(textures)
-        self.resize = resize
+        self.resize, self.cache_bytes = resize, cache_bytes
+        self._cache: dict[tuple[str, Path], torch.Tensor] = {}
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: tuple[int, int]) -> dict[str, torch.Tensor]:
         image_index, texture_index = index
-        item = {"image": fit_to_square(read_image(self.paths[image_index]), self.size, self.fit,
-                                        self.resize)[0]}
+        item = {"image": self._load("image", self.paths[image_index], self._fit)}
         if self.textures:
-            item["source"] = load_texture(self.textures[texture_index], self.size)
+            item["source"] = self._load("source", self.textures[texture_index],
+                                        lambda path: load_texture(path, self.size))
         return item
+
+    def _fit(self, path: Path) -> torch.Tensor:
+        return fit_to_square(read_image(path), self.size, self.fit, self.resize)[0]
+
+    def _load(self, kind: str, path: Path, load: Callable[[Path], torch.Tensor]) -> torch.Tensor:
+        """load(path), kept for the next call while the cache has room."""
+        if (tensor := self._cache.get((kind, path))) is not None:
+            return tensor
+        tensor = load(path)
+        size = tensor.numel() * tensor.element_size()
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._cache[kind, path] = tensor
+            self._cached_bytes += size
+        return tensor
 
 
 class LabelledImages(Dataset):

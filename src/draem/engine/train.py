@@ -89,6 +89,8 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = True
     workers: int = 0
+    cache_mb: int = 2048
+    """Memory for decoded, resized training images and textures, so that later epochs skip reading them."""
     checkpoint_every: int = 500
     validation_fraction: float = 0.1
     sync_batchnorm: bool = False
@@ -108,7 +110,7 @@ class TrainConfig:
 
 
 def resumed_config(config: TrainConfig) -> TrainConfig:
-    """With --resume, the run's saved settings win, except the run's place (--out), device, workers,
+    """With --resume, the run's saved settings win, except the run's place (--out), device, workers, cache,
     a moved dataset (--data / --normal) and a longer --max-steps."""
     files = RunFiles(Path(config.out))
     if not config.resume or not files.config.exists():
@@ -119,7 +121,8 @@ def resumed_config(config: TrainConfig) -> TrainConfig:
         raise DraemError(f"{files.config}: cannot read the run's saved settings ({exc})") from exc
     moved = {"data": config.data, "normal": config.normal} if config.data or config.normal else {}
     steps = {"max_steps": config.max_steps} if config.max_steps is not None else {}
-    return replace(saved, out=config.out, device=config.device, workers=config.workers, resume=True,
+    return replace(saved, out=config.out, device=config.device, workers=config.workers,
+                   cache_mb=config.cache_mb, resume=True,
                    **moved, **steps)
 
 
@@ -136,6 +139,8 @@ def _check(config: TrainConfig, method: type[AnomalyModel]) -> None:
         parse_duration(config.time_budget)
     if config.max_steps is not None and config.max_steps < 1:
         raise DraemError(f"--max-steps {config.max_steps}: must be at least 1")
+    if config.cache_mb < 0:
+        raise DraemError(f"--cache-mb {config.cache_mb}: must be 0 or more")
     if config.image_size % method.size_multiple:
         raise DraemError(f"--image-size {config.image_size}: must be a multiple of {method.size_multiple} "
                          f"for method {method.name}")
@@ -431,8 +436,8 @@ def train(config: TrainConfig, cluster: Cluster | None = None) -> Path:
     if cluster.world > 1:
         require_equal_shards(len(paths), global_batch, cluster.world)
     steps_per_epoch = batches_per_epoch(len(paths), global_batch, drop_partial=cluster.world > 1)
-    dataset = TrainImages(paths, config.image_size, config.fit,
-                          textures if method.uses_anomaly_sources else [], config.resize)
+    dataset = TrainImages(paths, config.image_size, config.fit, textures if method.uses_anomaly_sources else [],
+                          config.resize, cache_bytes=config.cache_mb * 2**20)
     if config.time_budget is not None and config.max_steps is None:
         step_seconds = seconds_per_step(model, dataset, config, method, cluster, device, memory_format, precision)
         steps = steps_within(parse_duration(config.time_budget) - (time.perf_counter() - started), step_seconds)

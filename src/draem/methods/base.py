@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 import math
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -114,6 +114,11 @@ def split_steps(total: int, fractions: list[float]) -> list[int]:
         bounds.append(round(running * total))
     bounds[-1] = total
     return [b - a for a, b in itertools.pairwise(bounds)]
+
+
+def adam(parameters: Iterable[torch.nn.Parameter], lr: float, **settings: Any) -> torch.optim.Adam:
+    """Adam with its update fused into one kernel: the same update to float rounding, several times faster."""
+    return torch.optim.Adam(parameters, lr=lr, fused=True, **settings)
 
 
 def multistep(optimizer: torch.optim.Optimizer, steps: int, milestones: tuple[float, ...],

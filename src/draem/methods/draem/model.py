@@ -22,6 +22,7 @@ from draem.methods.base import (
     Stage,
     TrainBatch,
     Update,
+    adam,
     multistep,
     option,
     require_positive,
@@ -137,7 +138,7 @@ class DraemModel(AnomalyModel):
         return (*recon, *(("focal",) if self.options.discrimination else ()), "total")
 
     def stages(self, total_steps: int) -> list[Stage]:
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.options.lr)
+        optimizer = adam(self.parameters(), lr=self.options.lr)
         scheduler = multistep(optimizer, total_steps, self.options.lr_milestones, self.options.lr_gamma)
         return [Stage("train", 1.0, [self], {"adam": optimizer}, [scheduler])]
 

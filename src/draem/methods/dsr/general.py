@@ -24,6 +24,7 @@ from draem.methods.base import (
     Stage,
     TrainBatch,
     Update,
+    adam,
     option,
     require_positive,
     require_positive_rate,
@@ -155,7 +156,7 @@ class DsrGeneralModel(AnomalyModel):
         return model.eval()
 
     def stages(self, total_steps: int) -> list[Stage]:
-        optimizer = torch.optim.Adam(general_parameters(self.vq), lr=self.options.lr)
+        optimizer = adam(general_parameters(self.vq), lr=self.options.lr)
         return [Stage("general", 1.0, [self.vq], {"adam": optimizer})]
 
     def training_step(self, batch: TrainBatch, stage: Stage, update: Update) -> dict[str, torch.Tensor]:

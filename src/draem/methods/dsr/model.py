@@ -28,6 +28,7 @@ from draem.methods.base import (
     Stage,
     TrainBatch,
     Update,
+    adam,
     multistep,
     option,
     require_positive,
@@ -167,13 +168,13 @@ class DsrModel(AnomalyModel):
         object_steps, upsampling_steps = split_steps(total_steps, fractions)[-2:]
         stages = []
         if not options.general_model:
-            general = torch.optim.Adam(general_parameters(networks.vq), lr=options.general_lr)
+            general = adam(general_parameters(networks.vq), lr=options.general_lr)
             stages.append(Stage("general", fractions[0], [networks.vq], {"adam": general}))
         trained = [networks.subspace_hi, networks.subspace_lo, networks.object_decoder, networks.anomaly_detection]
-        adam = torch.optim.Adam(itertools.chain(*(m.parameters() for m in trained)), lr=options.lr)
-        stages.append(Stage("object", fractions[-2], trained, {"adam": adam},
-                            [multistep(adam, object_steps, (0.8,), 0.1)]))
-        upsampling = torch.optim.Adam(networks.upsampling.parameters(), lr=options.lr)
+        joint = adam(itertools.chain(*(m.parameters() for m in trained)), lr=options.lr)
+        stages.append(Stage("object", fractions[-2], trained, {"adam": joint},
+                            [multistep(joint, object_steps, (0.8,), 0.1)]))
+        upsampling = adam(networks.upsampling.parameters(), lr=options.lr)
         stages.append(Stage("upsampling", fractions[-1], [networks.upsampling], {"adam": upsampling},
                             [multistep(upsampling, upsampling_steps, (0.8, 0.9), 0.2)]))
         return stages

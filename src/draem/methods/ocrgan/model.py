@@ -28,6 +28,7 @@ from draem.methods.base import (
     Stage,
     TrainBatch,
     Update,
+    adam,
     option,
     require_positive,
     require_positive_rate,
@@ -169,10 +170,8 @@ class OcrGanModel(AnomalyModel):
         return tuple(n for n in self.loss_terms if n != "d_forged" or self.options.forged_samples)
 
     def stages(self, total_steps: int) -> list[Stage]:
-        def adam(module: torch.nn.Module) -> torch.optim.Adam:
-            return torch.optim.Adam(module.parameters(), lr=self.options.lr, betas=(self.options.beta1, 0.999))
-
-        optimizers = {"generator": adam(self.generator), "discriminator": adam(self.discriminator)}
+        optimizers = {name: adam(module.parameters(), lr=self.options.lr, betas=(self.options.beta1, 0.999))
+                      for name, module in (("generator", self.generator), ("discriminator", self.discriminator))}
         return [Stage("train", 1.0, [self], optimizers)]
 
     def reconstruct(self, images: torch.Tensor,

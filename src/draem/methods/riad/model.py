@@ -26,6 +26,7 @@ from draem.methods.base import (
     Stage,
     TrainBatch,
     Update,
+    adam,
     option,
     require_positive,
     require_positive_rate,
@@ -147,7 +148,7 @@ class RiadModel(AnomalyModel):
         self.unet = InpaintingUNet(options.width)
 
     def stages(self, total_steps: int) -> list[Stage]:
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.options.lr, weight_decay=self.options.weight_decay)
+        optimizer = adam(self.parameters(), lr=self.options.lr, weight_decay=self.options.weight_decay)
         return [Stage("train", 1.0, [self], {"adam": optimizer}, [])]
 
     def training_step(self, batch: TrainBatch, stage: Stage, update: Update) -> dict[str, torch.Tensor]:
