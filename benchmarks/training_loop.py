@@ -9,8 +9,9 @@ anomaly in numpy (OpenCV-style resizes, 3 of the 10 imgaug augmenters done with 
 noise, rotations), a DataLoader with their 16 worker processes, and the two sub-networks in fp32 eager NCHW
 with one Adam over both and the loss l2 + ssim + focal (our networks and losses, which the fixtures check
 against theirs). Ours is `draem.engine.train.train` with the paper recipe and the same sizes, timed from
-its losses.csv. Both skip their first 40 steps (workers starting and filling their queue of
-32 batches, allocator warming), so that the reference is timed in its steady state. Prints images/s and the
+its losses.csv. Both skip their first epoch and 40 steps more (workers starting and filling their queue of 32
+batches, allocator warming; `draem train` reading each image once before its cache serves it), so that both are
+timed in their steady state. Prints images/s and the
 ratio against the reference measured in the same run. With --reference-steps N --out DIR, trains the
 reference for N steps and saves it as a run that `draem test` evaluates. The third line limits oneDNN and
 PyTorch's own kernels to AVX2, as on a CPU without AVX-512. The last rows are the ceiling that these networks
@@ -198,8 +199,8 @@ def main() -> None:
     parser.add_argument("--anomaly-source", required=True)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=60, help="timed steps, after --skip")
-    parser.add_argument("--skip", type=int, default=40,
-                        help="untimed first steps: more than the batches the workers prefetch (2 each)")
+    parser.add_argument("--skip", type=int,
+                        help="untimed first steps (default: an epoch and 40 steps, more than the workers prefetch)")
     parser.add_argument("--reference-workers", type=int, default=AUTHORS_WORKERS)
     parser.add_argument("--reference-steps", type=int, help="train the reference this long and save it in --out")
     parser.add_argument("--seed", type=int, default=0)
@@ -225,9 +226,10 @@ def main() -> None:
         return
     limits = [f"{name}={os.environ[name]}" for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
               if name in os.environ]
+    args.skip = len(images) // 8 + 40 if args.skip is None else args.skip
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, native bf16: "
           f"{cpu_has_native_bf16()} {' '.join(limits)}; DRAEM 32/16, {args.image_size} px, batch 8, "
-          f"{args.steps} timed steps")
+          f"{args.steps} timed steps after {args.skip}")
     total = args.skip + args.steps
     _, reference = train_reference(images, sources, args.image_size, total, args.skip, args.seed,
                                    args.reference_workers)
