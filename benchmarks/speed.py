@@ -10,7 +10,8 @@ for every other registered method at its full-size defaults (training: each meth
 `fp32 eager NCHW` is plain PyTorch, the baseline; `fp32 channels-last` is the exact path of
 `draem test/predict --precision fp32` and their default on CPUs without native bf16; `bf16 channels-last`
 is their default on CPUs with native bf16 (its rows are skipped elsewhere, where bf16 is emulated and slow);
-`onnxruntime fp32` runs the exported graph (`--backend onnxruntime`).
+`onnxruntime fp32` runs the exported graph (`--backend onnxruntime`). `ceiling: fp32 convs` and `ceiling: bf16
+convs` are PyTorch's channels-last convolutions alone (profiled): no path on PyTorch's kernels can pass them.
 """
 
 from __future__ import annotations
@@ -54,6 +55,18 @@ def images_per_second(images_per_call: int, call: Callable[[], object], seconds:
         call()
         calls += 1
     return images_per_call * calls / (time.perf_counter() - started)
+
+
+def convolution_seconds(call: Callable[[], object], calls: int = 3) -> float:
+    """Seconds of a call spent in convolutions (forward and backward kernels, profiled): the least over `calls`
+    calls after one warm-up call."""
+    call()
+    seconds = []
+    for _ in range(calls):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            call()
+        seconds.append(sum(e.self_cpu_time_total for e in profile.key_averages() if "conv" in e.key) / 1e6)
+    return min(seconds)
 
 
 def row(what: str, network: str, mode: str, batch: int, value: float, baseline: float | None) -> None:
@@ -164,6 +177,9 @@ def inference(models: dict[str, tuple[type[AnomalyModel], object]], batches: lis
                                                                  channels_last), seconds)
                 baseline = baseline or value
                 row("infer", label, mode, batch, value, baseline)
+            for precision in PRECISIONS:
+                seconds = convolution_seconds(torch_inference(load_model(run).model, batch, precision, True))
+                row("infer", label, f"ceiling: {precision} convs", batch, batch / seconds, baseline)
             row("infer", label, "onnxruntime fp32", batch, images_per_second(batch, onnx_inference(run, batch),
                                                                              seconds), baseline)
             for image_side, mode in ((True, "onnxruntime int8"), (False, "int8, image side int8")):

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
+from speed import convolution_seconds
 from torch.utils.data import DataLoader, Dataset
 
 from draem.data.catalog import select_dataset
@@ -172,7 +173,7 @@ def ours(data: str, sources: str, size: int, steps: int, skip: int, precision: s
     return len(rates) / sum(1 / rate for rate in rates)
 
 
-def convolution_seconds(size: int, precision: str, steps: int = 5) -> float:
+def training_convolutions(size: int, precision: str) -> float:
     """Seconds a step that DRAEM 32/16's convolutions alone take, forward and backward, channels-last, batch 8:
     no loop around these networks can step faster."""
     torch.manual_seed(0)
@@ -184,13 +185,8 @@ def convolution_seconds(size: int, precision: str, steps: int = 5) -> float:
             reconstruction, logits = model(images)
         (reconstruction.float().square().mean() + logits.float().square().mean()).backward()
 
-    for _ in range(3):
-        step()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-        for _ in range(steps):
-            step()
-    microseconds = sum(e.self_cpu_time_total for e in profile.key_averages() if "conv" in e.key)
-    return microseconds / 1e6 / steps
+    step()
+    return convolution_seconds(step, 5)
 
 
 def main() -> None:
@@ -243,7 +239,7 @@ def main() -> None:
                 print(f"{f'draem train, {precision} channels-last, {workers} workers':<52}{rate:>7.2f} images/s"
                       f"{rate / reference:>7.2f}x", flush=True)
     for precision in args.precisions:
-        seconds = convolution_seconds(args.image_size, precision)
+        seconds = training_convolutions(args.image_size, precision)
         print(f"{f'ceiling: the {precision} convolutions alone, {1000 * seconds:.0f} ms a step':<52}"
               f"{8 / seconds:>7.2f} images/s{8 / seconds / reference:>7.2f}x", flush=True)
 
