@@ -185,7 +185,6 @@ def training_convolutions(size: int, precision: str) -> float:
             reconstruction, logits = model(images)
         (reconstruction.float().square().mean() + logits.float().square().mean()).backward()
 
-    step()
     return convolution_seconds(step, 5)
 
 
