@@ -3,9 +3,9 @@
     python benchmarks/fast_path_accuracy.py --run runs/mtd --data mtd --out fast-paths [--keep-float 1 2]
 
 Each path is tested like `draem test --backend ... --precision ...` on a copy of the run's model.pt under --out
-(the run itself is not written to): PyTorch bf16 (where the CPU has native bf16), onnxruntime fp32, and int8
-graphs with 1, 2... of their last convolutions kept in float32, each with and without the convolutions that read
-the image (the default keeps them), all against PyTorch fp32. Printed: every
+(the run itself is not written to): PyTorch bf16 (where the CPU has native bf16), onnxruntime fp32, OpenVINO fp32
+and bf16 (where native), and int8 graphs with 1, 2... of their last convolutions kept in float32, each with and
+without the convolutions that read the image (the default keeps them), all against PyTorch fp32. Printed: every
 metric's change, and the largest absolute difference of anomaly maps and of image scores on --map-images test
 images spread over the test set.
 """
@@ -53,14 +53,16 @@ def main() -> None:
     parser.add_argument("--category")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--map-images", type=int, default=64, help="test images for the map comparison")
-    parser.add_argument("--keep-float", type=int, nargs="+", default=[1],
-                        help="int8 variants: how many of the last convolutions stay float32")
+    parser.add_argument("--keep-float", type=int, nargs="*", default=[1],
+                        help="int8 variants: how many of the last convolutions stay float32 (none: no int8)")
     args = parser.parse_args()
     training = run_training_images(args.run)
     variants = {"pytorch fp32": ("torch", "fp32", copy_of_run(args.run, args.out / "torch"))}
     if cpu_has_native_bf16():
         variants["pytorch bf16"] = ("torch", "bf16", copy_of_run(args.run, args.out / "bf16"))
     variants["onnxruntime fp32"] = ("onnxruntime", "fp32", copy_of_run(args.run, args.out / "onnx"))
+    for precision in ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",):
+        variants[f"openvino {precision}"] = ("openvino", precision, copy_of_run(args.run, args.out / f"ov-{precision}"))
     for keep in args.keep_float:
         for image_side in (True, False):
             folder = copy_of_run(args.run, args.out / f"int8-float-tail-{keep}{'-image-side' * image_side}")

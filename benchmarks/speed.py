@@ -10,7 +10,8 @@ for every other registered method at its full-size defaults (training: each meth
 `fp32 eager NCHW` is plain PyTorch, the baseline; `fp32 channels-last` is the exact path of
 `draem test/predict --precision fp32` and their default on CPUs without native bf16; `bf16 channels-last`
 is their default on CPUs with native bf16 (its rows are skipped elsewhere, where bf16 is emulated and slow);
-`onnxruntime fp32` runs the exported graph (`--backend onnxruntime`). `ceiling: fp32 convs` and `ceiling: bf16
+`onnxruntime fp32` runs the exported graph (`--backend onnxruntime`), `openvino fp32/bf16` the same graph on
+OpenVINO (`--backend openvino`, bf16 where native). `ceiling: fp32 convs` and `ceiling: bf16
 convs` are PyTorch's channels-last convolutions alone (profiled): no path on PyTorch's kernels can pass them.
 """
 
@@ -105,6 +106,14 @@ def onnx_inference(run: Path, batch: int) -> Callable[[], None]:
     return lambda: runtime(images)
 
 
+def openvino_inference(run: Path, batch: int, precision: str) -> Callable[[], None]:
+    from draem.deploy.openvino import OpenVinoModel
+
+    runtime = OpenVinoModel(fp32_graph(run), precision)
+    images = torch.rand(batch, 3, SIZE, SIZE)
+    return lambda: runtime(images)
+
+
 def int8_inference(run: Path, batch: int, calibration: list[Path], image_side: bool = True) -> Callable[[], None]:
     """The int8 graph as exported (image-side and last convolutions float32) or with only the last one float."""
     from draem.data.datasets import TrainImages
@@ -182,6 +191,9 @@ def inference(models: dict[str, tuple[type[AnomalyModel], object]], batches: lis
                 row("infer", label, f"ceiling: {precision} convs", batch, batch / seconds, baseline)
             row("infer", label, "onnxruntime fp32", batch, images_per_second(batch, onnx_inference(run, batch),
                                                                              seconds), baseline)
+            for precision in PRECISIONS:
+                row("infer", label, f"openvino {precision}", batch,
+                    images_per_second(batch, openvino_inference(run, batch, precision), seconds), baseline)
             for image_side, mode in ((True, "onnxruntime int8"), (False, "int8, image side int8")):
                 row("infer", label, mode, batch,
                     images_per_second(batch, int8_inference(run, batch, calibration, image_side), seconds), baseline)

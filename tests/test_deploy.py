@@ -1,5 +1,6 @@
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,49 @@ def test_predict_and_test_run_on_onnxruntime(tiny_run, tmp_path, capsys):
     images = torch.rand(3, 3, 64, 64)
     for a, b in zip(ours(images), onnx(images), strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_openvino_backend_matches_pytorch_and_is_recorded(tiny_run, tmp_path):
+    data, run = tiny_run
+    assert main(["predict", "--run", str(run), str(data / "test" / "good"), "--out", str(tmp_path / "p"),
+                 "--backend", "openvino", "--precision", "fp32"]) == 0
+    with (tmp_path / "p" / "predictions.csv").open() as stream:
+        assert {row["backend"] for row in csv.DictReader(stream)} == {"openvino"}
+    assert main(["test", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "test"),
+                 "--backend", "openvino", "--precision", "fp32"]) == 0
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert (metrics["backend"], metrics["precision"]) == ("openvino", "fp32")
+    assert "backend: openvino" in (tmp_path / "test" / "report.html").read_text()
+    ours = Predictor(load_model(run), torch.device("cpu"), "fp32")
+    openvino = Predictor(load_model(run), torch.device("cpu"), "fp32", backend="openvino")
+    for batch in (1, 3):
+        images = torch.rand(batch, 3, 64, 64)
+        for a, b in zip(ours(images), openvino(images), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_openvino_runs_bf16_exactly_where_the_cpu_computes_it(tiny_run):
+    _, run = tiny_run
+    exact = Predictor(load_model(run), torch.device("cpu"), "fp32", backend="openvino")
+    fast = Predictor(load_model(run), torch.device("cpu"), "bf16", backend="openvino")
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    (exact_maps, exact_scores), (fast_maps, fast_scores) = exact(images), fast(images)
+    if cpu_has_native_bf16():
+        assert fast.precision == "bf16"
+        assert 0 < float((exact_maps - fast_maps).abs().max()) <= 0.05, "bf16 moves the map, a little"
+    else:
+        assert fast.precision == "fp32", "the precision recorded is the one OpenVINO ran"
+        torch.testing.assert_close(fast_maps, exact_maps, atol=1e-6, rtol=0)
+    assert float((exact_scores - fast_scores).abs().max()) <= 0.05
+
+
+def test_openvino_backend_without_openvino_is_one_line(tiny_run, tmp_path, capsys, monkeypatch):
+    data, run = tiny_run
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert main(["predict", "--run", str(run), str(data / "test" / "good"), "--out", str(tmp_path / "p"),
+                 "--backend", "openvino"]) != 0
+    assert "the openvino backend needs OpenVINO: pip install 'draem[openvino]'" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists(), "nothing written before the backend is ready"
 
 
 def float_convolutions_of(path: Path) -> list[bool]:

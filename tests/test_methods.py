@@ -21,6 +21,7 @@ from draem import methods
 from draem.cli import main
 from draem.data.datasets import TrainImages
 from draem.deploy.onnx import InferenceGraph, OnnxRuntimeModel, export_onnx, max_difference
+from draem.deploy.openvino import OpenVinoModel
 from draem.deploy.quantize import quantize, run_training_images
 from draem.engine import distributed
 from draem.engine.run import load_model
@@ -137,6 +138,7 @@ def test_onnx_export_matches_pytorch_for_every_method(trained, tmp_path):
     padded = torch.ones(2, SIZE, SIZE, dtype=torch.bool)
     padded[1, :, SIZE // 2:] = False  # an image fitted by padding: the score ignores the padding in both
     assert max_difference(graph, runtime, torch.rand(2, 3, SIZE, SIZE), padded) <= tolerance
+    assert max_difference(graph, OpenVinoModel(path, "fp32"), torch.rand(2, 3, SIZE, SIZE), padded) <= tolerance
 
 
 def test_int8_graph_runs_for_every_method(trained, tmp_path):

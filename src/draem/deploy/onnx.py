@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from draem.files import write_bytes
 log = logging.getLogger("draem")
 
 OPSET = 18
+GRAPH_INPUTS = ("image", "valid")
 
 
 class InferenceGraph(nn.Module):
@@ -58,7 +60,7 @@ def export_onnx(run: str | Path, out: str | Path, check: bool = True) -> Path:
     size = loaded.info.image_size
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.onnx.export(graph, (example, everywhere(example)), dynamo=True, input_names=["image", "valid"],
+    program = torch.onnx.export(graph, (example, everywhere(example)), dynamo=True, input_names=list(GRAPH_INPUTS),
                                 output_names=["anomaly_map", "score"], opset_version=OPSET,
                                 dynamic_shapes={"images": {0: batch}, "valid": {0: batch}}, external_data=False,
                                 verbose=False)
@@ -89,23 +91,31 @@ class OnnxRuntimeModel:
                                                         providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise DraemError(f"{path}: cannot load ONNX model ({str(exc).splitlines()[0]})") from exc
-        inputs = [node.name for node in self.session.get_inputs()]
-        if inputs != ["image", "valid"]:
-            raise DraemError(f"{path}: a graph with inputs {inputs}, not (image, valid): exported by an older "
-                             "draem; delete it or export the run again")
+        check_graph_inputs(path, [node.name for node in self.session.get_inputs()])
 
     def __call__(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        valid = everywhere(images) if valid is None else valid
-        feed = {"image": np.ascontiguousarray(images.detach().float().cpu().numpy()),
-                "valid": np.ascontiguousarray(valid.detach().bool().cpu().numpy())}
-        anomaly_map, score = self.session.run(None, feed)
+        anomaly_map, score = self.session.run(None, dict(zip(GRAPH_INPUTS, graph_feed(images, valid), strict=True)))
         return torch.from_numpy(anomaly_map), torch.from_numpy(score)
 
 
+def check_graph_inputs(path: str | Path, inputs: list[str]) -> None:
+    """One line unless a graph takes (image, valid), as this draem exports it."""
+    if inputs != list(GRAPH_INPUTS):
+        raise DraemError(f"{path}: a graph with inputs {inputs}, not (image, valid): exported by an older "
+                         "draem; delete it or export the run again")
+
+
+def graph_feed(images: torch.Tensor, valid: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+    """An exported graph's inputs: float32 images and boolean valid regions (every pixel when not given)."""
+    valid = everywhere(images) if valid is None else valid
+    return (np.ascontiguousarray(images.detach().float().cpu().numpy()),
+            np.ascontiguousarray(valid.detach().bool().cpu().numpy()))
+
+
 @torch.inference_mode()
-def max_difference(graph: InferenceGraph, runtime: OnnxRuntimeModel, images: torch.Tensor,
-                   valid: torch.Tensor | None = None) -> float:
-    """Largest absolute difference of maps and scores between PyTorch and onnxruntime."""
+def max_difference(graph: InferenceGraph, runtime: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+                   images: torch.Tensor, valid: torch.Tensor | None = None) -> float:
+    """Largest absolute difference of maps and scores between PyTorch and a runtime of the exported graph."""
     valid = everywhere(images) if valid is None else valid
     expected = graph(images, valid)
     got = runtime(images, valid)

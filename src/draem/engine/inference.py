@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,9 +13,13 @@ from draem.engine.devices import autocast, resolve_precision
 from draem.engine.run import LoadedModel
 from draem.errors import DraemError
 
+if TYPE_CHECKING:
+    from draem.deploy.onnx import OnnxRuntimeModel
+    from draem.deploy.openvino import OpenVinoModel
+
 log = logging.getLogger("draem")
 
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "openvino")
 
 
 @dataclass
@@ -22,7 +27,8 @@ class Predictor:
     """A loaded model on a device, channels-last, in fp32 or bf16 ('auto': bf16 where native).
 
     The onnxruntime backend runs the run's model.onnx (exported on first use) in fp32 on the CPU;
-    onnxruntime-int8 runs model.int8.onnx (quantised on first use, calibrated on the run's training images).
+    onnxruntime-int8 runs model.int8.onnx (quantised on first use, calibrated on the run's training images);
+    openvino runs model.onnx in fp32 or, where the CPU computes it natively, bf16.
     """
 
     loaded: LoadedModel
@@ -36,17 +42,26 @@ class Predictor:
         self.precision = resolve_precision(self.precision, self.device)
         self.model = self.loaded.model.to(self.device, memory_format=torch.channels_last).eval()
         self.runtime = None
-        if self.backend.startswith("onnxruntime"):
-            from draem.deploy.onnx import OnnxRuntimeModel, export_onnx
-            from draem.deploy.quantize import export_int8
+        if self.backend != "torch":
+            self.runtime = self._graph_runtime()
 
-            int8 = self.backend == "onnxruntime-int8"
-            path = self.loaded.path.parent / ("model.int8.onnx" if int8 else "model.onnx")
-            if not path.exists():
-                log.info("exporting %s to %s for %s", self.loaded.path, path, self.backend)
-                (export_int8 if int8 else export_onnx)(self.loaded.path.parent, path)
-            self.precision = "int8" if int8 else "fp32"
-            self.runtime = OnnxRuntimeModel(path)
+    def _graph_runtime(self) -> OnnxRuntimeModel | OpenVinoModel:
+        """The run's exported graph (exported or quantised on first use) on the chosen runtime."""
+        from draem.deploy.onnx import OnnxRuntimeModel, export_onnx
+        from draem.deploy.openvino import OpenVinoModel
+        from draem.deploy.quantize import export_int8
+
+        int8 = self.backend == "onnxruntime-int8"
+        path = self.loaded.path.parent / ("model.int8.onnx" if int8 else "model.onnx")
+        if not path.exists():
+            log.info("exporting %s to %s for %s", self.loaded.path, path, self.backend)
+            (export_int8 if int8 else export_onnx)(self.loaded.path.parent, path)
+        if self.backend == "openvino":
+            runtime = OpenVinoModel(path, self.precision)
+            self.precision = runtime.precision
+            return runtime
+        self.precision = "int8" if int8 else "fp32"
+        return OnnxRuntimeModel(path)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, valid: torch.Tensor | None = None
