@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                      # everything (about 20 minutes on 2 cores)
     python benchmarks/speed.py --only infer --networks narrow
+    python benchmarks/speed.py --only infer --networks "" --batches 4   # the other methods alone
     python benchmarks/speed.py --only memory
 
 Inference and training are timed at 256x256 for the full-size (128/64) and a narrow (32/16) DRAEM, and
@@ -166,7 +167,7 @@ def make_run(folder: Path, model: AnomalyModel) -> Path:
 def networks_to_time(networks: list[str], others: list[str]) -> dict[str, tuple[type[AnomalyModel], object]]:
     """Label -> (method, options): DRAEM at the asked widths, then the other asked methods at their defaults."""
     chosen = {f"{name} {WIDTHS[name][0]}/{WIDTHS[name][1]}": (DraemModel, DraemOptions(*WIDTHS[name]))
-              for name in networks}
+              for name in networks if name}
     for name in others:
         chosen[f"{name} defaults"] = (methods.get(name), methods.get(name).Options())
     return chosen
