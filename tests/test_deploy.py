@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -131,11 +132,15 @@ def test_openvino_runs_bf16_exactly_where_the_cpu_computes_it(tiny_run):
 
 def test_openvino_backend_without_openvino_is_one_line(tiny_run, tmp_path, capsys, monkeypatch):
     data, run = tiny_run
+    fresh = tmp_path / "run"
+    fresh.mkdir()
+    shutil.copy2(run / "model.pt", fresh / "model.pt")
     monkeypatch.setitem(sys.modules, "openvino", None)
-    assert main(["predict", "--run", str(run), str(data / "test" / "good"), "--out", str(tmp_path / "p"),
+    assert main(["predict", "--run", str(fresh), str(data / "test" / "good"), "--out", str(tmp_path / "p"),
                  "--backend", "openvino"]) != 0
     assert "the openvino backend needs OpenVINO: pip install 'draem[openvino]'" in capsys.readouterr().err
     assert not (tmp_path / "p").exists(), "nothing written before the backend is ready"
+    assert not (fresh / "model.onnx").exists(), "no export for a runtime that is not there"
 
 
 def float_convolutions_of(path: Path) -> list[bool]:

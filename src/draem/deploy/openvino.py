@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -16,18 +17,21 @@ log = logging.getLogger("draem")
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 
 
+def require_openvino() -> ModuleType:
+    """The openvino module, or one line saying how to install it."""
+    try:
+        import openvino
+    except ImportError as exc:
+        raise DraemError("the openvino backend needs OpenVINO: pip install 'draem[openvino]'") from exc
+    return openvino
+
+
 class OpenVinoModel:
     """An exported model compiled by OpenVINO for the CPU (dynamic batch, latency hint), called like
     InferenceGraph."""
 
     def __init__(self, path: str | Path, precision: str) -> None:
-        try:
-            import openvino
-        except ImportError as exc:
-            raise DraemError("the openvino backend needs OpenVINO: pip install 'draem[openvino]'") from exc
-        if precision not in PRECISION_HINTS:
-            raise DraemError(f"--precision {precision}: the openvino backend runs fp32 or bf16")
-        core = openvino.Core()
+        core = require_openvino().Core()
         try:
             graph = core.read_model(str(path))
         except Exception as exc:

@@ -48,9 +48,11 @@ class Predictor:
     def _graph_runtime(self) -> OnnxRuntimeModel | OpenVinoModel:
         """The run's exported graph (exported or quantised on first use) on the chosen runtime."""
         from draem.deploy.onnx import OnnxRuntimeModel, export_onnx
-        from draem.deploy.openvino import OpenVinoModel
+        from draem.deploy.openvino import OpenVinoModel, require_openvino
         from draem.deploy.quantize import export_int8
 
+        if self.backend == "openvino":
+            require_openvino()  # before exporting, so that a missing runtime stops the command at once
         int8 = self.backend == "onnxruntime-int8"
         path = self.loaded.path.parent / ("model.int8.onnx" if int8 else "model.onnx")
         if not path.exists():
