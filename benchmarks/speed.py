@@ -188,8 +188,8 @@ def inference(models: dict[str, tuple[type[AnomalyModel], object]], batches: lis
                 baseline = baseline or value
                 row("infer", label, mode, batch, value, baseline)
             for precision in PRECISIONS:
-                seconds = convolution_seconds(torch_inference(load_model(run).model, batch, precision, True))
-                row("infer", label, f"ceiling: {precision} convs", batch, batch / seconds, baseline)
+                in_convolutions = convolution_seconds(torch_inference(load_model(run).model, batch, precision, True))
+                row("infer", label, f"ceiling: {precision} convs", batch, batch / in_convolutions, baseline)
             row("infer", label, "onnxruntime fp32", batch, images_per_second(batch, onnx_inference(run, batch),
                                                                              seconds), baseline)
             for precision in PRECISIONS:

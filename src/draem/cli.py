@@ -23,8 +23,8 @@ log = logging.getLogger("draem")
 BACKEND_HELP = ("onnxruntime runs the run's model.onnx (exported on first use); onnxruntime-int8 its int8 "
                 "model.int8.onnx (quantised on first use, calibrated on the run's training images); openvino runs "
                 "model.onnx on OpenVINO, in bf16 where the CPU computes it natively (--precision fp32: exact)")
-RECIPE_HELP = ("paper: each method's own schedule; budget (the default with --max-steps or --time-budget): warm-up "
-               "and cosine decay at a raised peak rate, and a score window chosen on simulated defects")
+RECIPE_HELP = ("paper: each method's own schedule; budget (the default with --max-steps or --time-budget): warm-up, "
+               "a raised peak rate and a decay over the last fifth, and a score window chosen on simulated defects")
 
 
 class _Help(argparse.HelpFormatter):

@@ -1,8 +1,8 @@
 """Training recipes: each method's own (the paper's) or one fitted to a short budget of steps or time.
 
 The budget recipe is the same for every method and touches only what the engine sees: the stages'
-optimisers (warm-up and cosine decay at a raised peak rate) and the image score window, chosen on
-simulated defects of held-out good images. An average of the weights is an option of any run.
+optimisers (warm-up, a constant raised peak rate, and a cosine decay over the last fifth) and the image
+score window, chosen on simulated defects of held-out good images. An average of the weights is an option of any run.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from draem.methods.base import Stage
 RECIPES = ("paper", "budget")
 WARMUP_SHARE = 0.05
 """Share of a stage's steps over which the budget recipe ramps its rate up linearly."""
+DECAY_SHARE = 0.2
+"""Share of a stage's steps, at its end, over which the rate decays (the paper's DRAEM drops it at 80%)."""
 FINAL_RATE_SHARE = 0.01
 """Where the cosine decay ends, as a share of the peak rate."""
 AVERAGE_HORIZON_SHARE = 0.1
@@ -61,24 +63,28 @@ def peak_rate_scale(steps: int, paper_steps: int, most: float) -> float:
     return min(max(math.sqrt(paper_steps / steps), 1.0), most)
 
 
-def warmup_cosine(step: int, steps: int) -> float:
-    """The rate's share of its peak at `step` of `steps`: a linear warm-up, then a cosine decay to 1%."""
+def warmup_stable_decay(step: int, steps: int) -> float:
+    """The rate's share of its peak at `step` of `steps`: a linear warm-up, the peak, then a cosine decay to 1%
+    over the last fifth."""
     warmup = max(round(WARMUP_SHARE * steps), 1)
+    decay_start = max(round((1 - DECAY_SHARE) * steps), warmup)
     if step < warmup:
         return (step + 1) / warmup
-    progress = min((step - warmup) / max(steps - warmup, 1), 1.0)
+    if step < decay_start:
+        return 1.0
+    progress = min((step - decay_start) / max(steps - decay_start, 1), 1.0)
     return FINAL_RATE_SHARE + (1 - FINAL_RATE_SHARE) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def fit_schedules(stages: list[Stage], counts: list[int], scale: float) -> None:
-    """Replace each stage's schedulers by warm-up and cosine decay over its own steps, peaking at `scale`
-    times the rates the method set."""
+    """Replace each stage's schedulers by warm-up, peak and decay over its own steps, peaking at `scale` times
+    the rates the method set."""
     for stage, steps in zip(stages, counts, strict=True):
         stage.schedulers = []
         for optimizer in stage.optimizers.values():
             for group in optimizer.param_groups:  # from the rate the method set, before its own scheduler's
                 group["lr"] = group["initial_lr"] = scale * group.get("initial_lr", group["lr"])
-            stage.schedulers.append(torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine,
+            stage.schedulers.append(torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_stable_decay,
                                                                                          steps=steps)))
 
 
