@@ -11,7 +11,7 @@ from conftest import make_category
 from torch import nn
 
 from draem.cli import main
-from draem.engine.calibrate import LabelledBatch, choose_score_window
+from draem.engine.calibrate import LabelledBatch, best_window, choose_score_window
 from draem.engine.recipe import (
     FINAL_RATE_SHARE,
     WeightAverage,
@@ -23,7 +23,7 @@ from draem.engine.recipe import (
     warmup_stable_decay,
     window_candidates,
 )
-from draem.engine.train import TrainConfig, train
+from draem.engine.train import TrainConfig, calibration_samples, train
 from draem.errors import DraemError
 from draem.methods.base import Stage
 
@@ -111,6 +111,21 @@ def test_the_window_that_separates_simulated_defects_best_is_chosen():
     separation = choose_score_window(predictor, batches, (1, 3, 5, 9), preferred=5)
     assert info.score_window == 3 and separation[3] == separation[9] == 1.0 and separation[1] == 0.5
     assert window_candidates(128) == (1, 3, 5, 9, 15, 21, 31) and window_candidates(32) == (1, 3, 5)
+
+
+def test_ties_between_windows_go_to_the_one_nearest_the_preferred():
+    assert best_window({1: 0.9, 3: 0.8, 31: 0.9}, preferred=21) == 31
+    assert best_window({1: 0.9, 3: 0.8, 31: 0.9}, preferred=5) == 1 and best_window({9: 0.5, 15: 0.7}) == 15
+
+
+def test_the_simulated_defects_of_calibration_are_drawn_from_the_run_seed(category, tmp_path):
+    images = sorted((category / "train" / "good").glob("*.png"))[:2]
+    first, again = (calibration_samples(tiny_config(category, tmp_path), images, []) for _ in range(2))
+    other = calibration_samples(tiny_config(category, tmp_path, seed=1), images, [])
+    assert [b.defective for b in first] == [False] + [True] * 8 and all(b.masks[0].any() for b in first[1:])
+    assert all(torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
+               for a, b in zip(first, again, strict=True))
+    assert torch.equal(first[0].images, other[0].images) and not torch.equal(first[1].images, other[1].images)
 
 
 def test_a_budget_run_warms_up_decays_and_chooses_its_window(category, tmp_path):

@@ -108,8 +108,13 @@ def choose_score_window(predictor: Predictor, batches: list[LabelledBatch], wind
     for window in windows:
         info.score_window = window
         separation[window] = auroc(*_image_scores(predictor, batches))
-    info.score_window = max(windows, key=lambda w: (separation[w], -abs(w - preferred)))
+    info.score_window = best_window(separation, preferred)
     return separation
+
+
+def best_window(separation: dict[int, float], preferred: int = IMAGE_SCORE_WINDOW) -> int:
+    """The window of highest separation; ties go to the one nearest `preferred`."""
+    return max(separation, key=lambda w: (separation[w], -abs(w - preferred)))
 
 
 def calibrate_with_simulated_defects(predictor: Predictor, batches: list[LabelledBatch]) -> Thresholds:

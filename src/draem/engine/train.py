@@ -27,6 +27,7 @@ from draem.data.catalog import select_dataset
 from draem.data.datasets import TrainImages
 from draem.data.images import FIT_MODES, RESIZE_MODES, read_image, unreadable_images
 from draem.engine.calibrate import (
+    LabelledBatch,
     Thresholds,
     calibrate_with_simulated_defects,
     choose_score_window,
@@ -183,10 +184,9 @@ def split_validation(paths: list[Path], fraction: float, seed: int) -> tuple[lis
             [p for i, p in enumerate(paths) if i in held_out])
 
 
-def calibrate_after_training(model: AnomalyModel, info: ModelInfo, config: TrainConfig, images: list[Path],
-                             textures: list[Path], device: torch.device) -> Thresholds:
-    """Thresholds from held-out normal images and simulated defects on them; first, without a --score-window
-    under the budget recipe, the window that best separates the two (written into `info`)."""
+def calibration_samples(config: TrainConfig, images: list[Path], textures: list[Path]) -> list[LabelledBatch]:
+    """The held-out normal images (up to MAX_CALIBRATION_IMAGES), each followed by simulated defects on copies
+    of it, drawn from the run's seed: what calibration and the choice of score window see."""
     images = images[:MAX_CALIBRATION_IMAGES]
     generator = torch.Generator().manual_seed(config.seed)
     picks = torch.randint(0, max(len(textures), 1), (len(images),), generator=generator).tolist()
@@ -197,7 +197,14 @@ def calibrate_after_training(model: AnomalyModel, info: ModelInfo, config: Train
                else procedural_textures(len(images), config.image_size, generator))
     if config.source_colour == "gray":
         sources = grey_sources(sources)
-    samples = simulate_defective_copies(batch, sources, SimulationConfig(), config.seed)
+    return simulate_defective_copies(batch, sources, SimulationConfig(), config.seed)
+
+
+def calibrate_after_training(model: AnomalyModel, info: ModelInfo, config: TrainConfig, images: list[Path],
+                             textures: list[Path], device: torch.device) -> Thresholds:
+    """Thresholds from held-out normal images and simulated defects on them; first, without a --score-window
+    under the budget recipe, the window that best separates the two (written into `info`)."""
+    samples = calibration_samples(config, images, textures)
     predictor = Predictor(LoadedModel(model, info, Path(config.out)), device)
     if config.score_window is None and config.recipe == "budget":
         separation = choose_score_window(predictor, samples, window_candidates(config.image_size))
