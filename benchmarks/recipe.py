@@ -22,13 +22,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from draem import methods
-from draem.data.catalog import select_dataset
 from draem.engine.devices import resolve_device
 from draem.engine.evaluate import EvaluationConfig, evaluate
 from draem.engine.run import RunFiles, read_torch_file
-from draem.engine.train import TrainConfig, finish, split_validation, train
+from draem.engine.train import TrainConfig, calibration_inputs, finish, train
 from draem.scoring import IMAGE_SCORE_WINDOW
-from draem.synthesis.sources import list_texture_images
 
 COLUMNS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
 OPTIONS = {"draem": {"recon_width": 32, "seg_width": 16}}
@@ -74,11 +72,9 @@ def finish_with_last_weights(run: Path, folder: Path, data: str, window: int | N
         config = replace(config, out=str(folder), score_window=window, average_weights=False)
         model = methods.get(config.method)(methods.get(config.method).Options.from_dict(config.options))
         model.load_state_dict(read_torch_file(RunFiles(run).checkpoint)["model"])
-        paths = select_dataset(config.data, config.category, config.normal).train_images()
-        _, held_out = split_validation(paths, config.validation_fraction, config.seed)
-        textures = list_texture_images(config.anomaly_source) if config.anomaly_source else []
+        images, textures = calibration_inputs(config)
         folder.mkdir(parents=True, exist_ok=True)
-        finish(model.to(device := resolve_device("auto")), config, files, held_out or paths, textures, device)
+        finish(model.to(device := resolve_device("auto")), config, files, images, textures, device)
         evaluate(EvaluationConfig(run=str(folder), data=data, precision="fp32"))
     return metrics_of(folder)["overall"]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -27,15 +28,14 @@ from draem.engine.devices import resolve_device
 from draem.engine.inference import Predictor
 from draem.engine.recipe import window_candidates
 from draem.engine.run import RunFiles, load_model
-from draem.engine.train import TrainConfig, calibration_samples, split_validation
+from draem.engine.train import TrainConfig, calibration_inputs, calibration_samples
 from draem.metrics import auroc
 from draem.scoring import image_score
-from draem.synthesis.sources import list_texture_images
 
 
-def maps_scores_labels(predictor: Predictor, batches: list[dict[str, torch.Tensor]]
-                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Maps, valid regions (None: all valid), the model's own scores, defect labels and defect areas."""
+def maps_scores_labels(predictor: Predictor, batches: Iterable[dict[str, torch.Tensor]]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Maps, valid regions, the model's own scores, defect labels, and the defective images' defect areas."""
     maps, valid, scores, labels, areas = [], [], [], [], []
     for batch, batch_maps, batch_scores in predictor.run(batches):
         maps.append(batch_maps)
@@ -48,15 +48,13 @@ def maps_scores_labels(predictor: Predictor, batches: list[dict[str, torch.Tenso
     return torch.cat(maps), torch.cat(valid), torch.cat(scores), labels_all, areas_all[labels_all]
 
 
-def window_aurocs(maps: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor, windows: tuple[int, ...]
-                  ) -> dict[int, float]:
-    return {w: auroc(image_score(maps, valid, w), labels) for w in windows}
+def window_scores(maps: torch.Tensor, valid: torch.Tensor, windows: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    return {w: image_score(maps, valid, w) for w in windows}
 
 
-def bootstrap_choices(maps: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor, windows: tuple[int, ...],
-                      draws: int) -> dict[int, float]:
+def bootstrap_choices(scores: dict[int, torch.Tensor], labels: torch.Tensor, draws: int) -> dict[int, float]:
     """The share of bootstrap draws (good and defective images resampled apart) in which each window is chosen."""
-    scores = {w: image_score(maps, valid, w) for w in windows}
+    windows = tuple(scores)
     good, defective = (~labels).nonzero()[:, 0], labels.nonzero()[:, 0]
     generator = torch.Generator().manual_seed(0)
     chosen = dict.fromkeys(windows, 0)
@@ -78,17 +76,15 @@ def main() -> None:
     loaded = load_model(args.model or args.run)
     windows = window_candidates(config.image_size)
 
-    paths = select_dataset(config.data, config.category, config.normal).train_images()
-    held_out = split_validation(paths, config.validation_fraction, config.seed)[1] or paths
-    textures = list_texture_images(config.anomaly_source) if config.anomaly_source else []
-    simulated = [{"image": b.images, "mask": b.masks} for b in calibration_samples(config, held_out, textures)]
+    simulated = [{"image": b.images, "mask": b.masks} for b in calibration_samples(config, *calibration_inputs(config))]
     device = resolve_device("auto")
     maps, valid, scores, labels, areas = maps_scores_labels(Predictor(loaded, device), simulated)
     if not torch.allclose(scores, image_score(maps, valid, loaded.info.score_window), atol=1e-4):
         print(f"{config.method}: its image score is not the windowed maximum of its map; the window does not apply")
         return
-    on_simulated = window_aurocs(maps, valid, labels, windows)
-    shares = bootstrap_choices(maps, valid, labels, windows, args.bootstrap)
+    scores = window_scores(maps, valid, windows)
+    on_simulated = {w: auroc(scores[w], labels) for w in windows}
+    shares = bootstrap_choices(scores, labels, args.bootstrap)
     print(f"simulated defects: {int((~labels).sum())} good and {int(labels.sum())} defective images, median "
           f"defect area {100 * float(areas.median()):.2f} % of the image; window chosen {best_window(on_simulated)}, "
           f"the model's {loaded.info.score_window}")
@@ -97,7 +93,7 @@ def main() -> None:
     images = LabelledImages(samples, loaded.info.image_size, loaded.info.fit, loaded.info.resize)
     maps, valid, _, labels, areas = maps_scores_labels(Predictor(loaded, device, "fp32"),
                                                        DataLoader(images, batch_size=8))
-    on_test = window_aurocs(maps, valid, labels, windows)
+    on_test = {w: auroc(score, labels) for w, score in window_scores(maps, valid, windows).items()}
     print(f"test set: {int((~labels).sum())} good and {int(labels.sum())} defective images, median defect area "
           f"{100 * float(areas.median()):.2f} % of the image")
     print(f"{'window':>6} {'simulated AUROC':>16} {'chosen in bootstrap':>20} {'test AUROC':>11}")

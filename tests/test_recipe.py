@@ -23,7 +23,7 @@ from draem.engine.recipe import (
     warmup_stable_decay,
     window_candidates,
 )
-from draem.engine.train import TrainConfig, calibration_samples, train
+from draem.engine.train import TrainConfig, calibration_inputs, calibration_samples, split_validation, train
 from draem.errors import DraemError
 from draem.methods.base import Stage
 
@@ -118,9 +118,12 @@ def test_ties_between_windows_go_to_the_one_nearest_the_preferred():
     assert best_window({1: 0.9, 3: 0.8, 31: 0.9}, preferred=5) == 1 and best_window({9: 0.5, 15: 0.7}) == 15
 
 
-def test_the_simulated_defects_of_calibration_are_drawn_from_the_run_seed(category, tmp_path):
+def test_calibration_uses_the_held_out_images_and_simulated_defects_drawn_from_the_run_seed(category, tmp_path):
+    config = tiny_config(category, tmp_path)
+    held_out = split_validation(sorted((category / "train" / "good").glob("*.png")), 0.1, 0)[1]
+    assert calibration_inputs(config) == (held_out, []) and len(held_out) == 1  # a tenth of 6 training images
     images = sorted((category / "train" / "good").glob("*.png"))[:2]
-    first, again = (calibration_samples(tiny_config(category, tmp_path), images, []) for _ in range(2))
+    first, again = (calibration_samples(config, images, []) for _ in range(2))
     other = calibration_samples(tiny_config(category, tmp_path, seed=1), images, [])
     assert [b.defective for b in first] == [False] + [True] * 8 and all(b.masks[0].any() for b in first[1:])
     assert all(torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)

@@ -184,6 +184,14 @@ def split_validation(paths: list[Path], fraction: float, seed: int) -> tuple[lis
             [p for i, p in enumerate(paths) if i in held_out])
 
 
+def calibration_inputs(config: TrainConfig) -> tuple[list[Path], list[Path]]:
+    """A run's calibration images (its held-out good images, or all training images when none are held out) and
+    its anomaly sources, as training picked them from `config`."""
+    paths = select_dataset(config.data, config.category, config.normal).train_images()
+    held_out = split_validation(paths, config.validation_fraction, config.seed)[1]
+    return held_out or paths, list_texture_images(config.anomaly_source) if config.anomaly_source else []
+
+
 def calibration_samples(config: TrainConfig, images: list[Path], textures: list[Path]) -> list[LabelledBatch]:
     """The held-out normal images (up to MAX_CALIBRATION_IMAGES), each followed by simulated defects on copies
     of it, drawn from the run's seed: what calibration and the choice of score window see."""
