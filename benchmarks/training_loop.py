@@ -3,6 +3,7 @@
     python benchmarks/training_loop.py --data ../shared/data/mtd --anomaly-source ../shared/data/dtd-subset/images
     python benchmarks/training_loop.py ... --reference-steps 1500 --seed 0 --out ref-s0   # a reference model
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/training_loop.py ... --precisions fp32
+    python benchmarks/training_loop.py --compiled-step   # networks, loss and Adam: eager against torch.compile
 
 The reference is the authors' train_DRAEM.py as it runs on a CPU: a Dataset whose __getitem__ simulates one
 anomaly in numpy (OpenCV-style resizes, 3 of the 10 imgaug augmenters done with numpy and PIL, numpy Perlin
@@ -16,6 +17,8 @@ ratio against the reference measured in the same run. With --reference-steps N -
 reference for N steps and saves it as a run that `draem test` evaluates. The third line limits oneDNN and
 PyTorch's own kernels to AVX2, as on a CPU without AVX-512. The last rows are the ceiling that these networks
 set: the time of their convolutions alone (forward and backward, profiled), which no loop can go below.
+With --compiled-step it only times one step of the networks, loss and Adam over fixed tensors, eager against
+`torch.compile` (inductor), channels-last, in each precision.
 """
 
 from __future__ import annotations
@@ -188,10 +191,35 @@ def training_convolutions(size: int, precision: str) -> float:
     return convolution_seconds(step, 5)
 
 
+def fixed_step_seconds(size: int, precision: str, compiled: bool, steps: int = 30) -> tuple[float, float]:
+    """(median seconds a step, seconds of the first three steps) of DRAEM 32/16's networks, loss and fused Adam
+    over fixed tensors, channels-last, batch 8; the first three include compilation when `compiled`."""
+    torch.manual_seed(0)
+    model = DraemModel(DraemOptions(recon_width=32, seg_width=16)).train().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    images, target = (torch.rand(8, 3, size, size).contiguous(memory_format=torch.channels_last) for _ in range(2))
+    mask = (torch.rand(8, 1, size, size) > 0.9).float()
+
+    def loss() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            reconstruction, logits = model(images)
+        return draem_loss(reconstruction, target, logits, mask)["total"]
+
+    forward = torch.compile(loss) if compiled else loss
+    seconds = []
+    for _ in range(3 + steps):
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        forward().backward()
+        optimizer.step()
+        seconds.append(time.perf_counter() - started)
+    return sorted(seconds[3:])[steps // 2], sum(seconds[:3])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="an MVTec-layout category")
-    parser.add_argument("--anomaly-source", required=True)
+    parser.add_argument("--data", help="an MVTec-layout category (required unless --compiled-step)")
+    parser.add_argument("--anomaly-source", help="anomaly-source images (required unless --compiled-step)")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=60, help="timed steps, after --skip")
     parser.add_argument("--skip", type=int,
@@ -203,7 +231,19 @@ def main() -> None:
                         default=["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"],
                         help="of draem train (default: bf16 too where the CPU computes it natively)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--compiled-step", action="store_true",
+                        help="only time a step over fixed tensors, eager against torch.compile")
     args = parser.parse_args()
+    if args.compiled_step:
+        for precision in args.precisions:
+            eager, _ = fixed_step_seconds(args.image_size, precision, compiled=False)
+            compiled, first = fixed_step_seconds(args.image_size, precision, compiled=True)
+            print(f"{precision} step over fixed tensors: eager {1000 * eager:.0f} ms, compiled "
+                  f"{1000 * compiled:.0f} ms ({eager / compiled:.2f}x; its first three steps {first:.0f} s)",
+                  flush=True)
+        return
+    if args.data is None or args.anomaly_source is None:
+        parser.error("--data and --anomaly-source are required (unless --compiled-step)")
     if args.reference_steps and args.out is None:
         parser.error("--reference-steps needs --out, the folder to save the reference model in")
     try:
