@@ -40,7 +40,7 @@ from speed import convolution_seconds
 from torch.utils.data import DataLoader, Dataset
 
 from draem.data.catalog import select_dataset
-from draem.engine.devices import cpu_has_native_bf16
+from draem.engine.devices import autocast, cpu_has_native_bf16
 from draem.engine.run import ModelInfo, save_model
 from draem.engine.train import TrainConfig, train
 from draem.errors import DraemError
@@ -49,6 +49,7 @@ from draem.methods.draem.model import draem_loss
 from draem.synthesis.sources import list_texture_images
 
 AUTHORS_WORKERS = 16
+CPU = torch.device("cpu")
 
 
 def perlin_noise(height: int, width: int, cells: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -176,15 +177,20 @@ def ours(data: str, sources: str, size: int, steps: int, skip: int, precision: s
     return len(rates) / sum(1 / rate for rate in rates)
 
 
+def fixed_batch(size: int) -> tuple[DraemModel, torch.Tensor]:
+    """DRAEM 32/16 in training mode and a batch of 8 random images, both channels-last, seeded."""
+    torch.manual_seed(0)
+    model = DraemModel(DraemOptions(recon_width=32, seg_width=16)).train().to(memory_format=torch.channels_last)
+    return model, torch.rand(8, 3, size, size).contiguous(memory_format=torch.channels_last)
+
+
 def training_convolutions(size: int, precision: str) -> float:
     """Seconds a step that DRAEM 32/16's convolutions alone take, forward and backward, channels-last, batch 8:
     no loop around these networks can step faster."""
-    torch.manual_seed(0)
-    model = DraemModel(DraemOptions(recon_width=32, seg_width=16)).train().to(memory_format=torch.channels_last)
-    images = torch.rand(8, 3, size, size).contiguous(memory_format=torch.channels_last)
+    model, images = fixed_batch(size)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(CPU, precision):
             reconstruction, logits = model(images)
         (reconstruction.float().square().mean() + logits.float().square().mean()).backward()
 
@@ -194,14 +200,13 @@ def training_convolutions(size: int, precision: str) -> float:
 def fixed_step_seconds(size: int, precision: str, compiled: bool, steps: int = 30) -> tuple[float, float]:
     """(median seconds a step, seconds of the first three steps) of DRAEM 32/16's networks, loss and fused Adam
     over fixed tensors, channels-last, batch 8; the first three include compilation when `compiled`."""
-    torch.manual_seed(0)
-    model = DraemModel(DraemOptions(recon_width=32, seg_width=16)).train().to(memory_format=torch.channels_last)
+    model, images = fixed_batch(size)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
-    images, target = (torch.rand(8, 3, size, size).contiguous(memory_format=torch.channels_last) for _ in range(2))
+    target = torch.rand_like(images)
     mask = (torch.rand(8, 1, size, size) > 0.9).float()
 
     def loss() -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(CPU, precision):
             reconstruction, logits = model(images)
         return draem_loss(reconstruction, target, logits, mask)["total"]
 
