@@ -22,14 +22,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from draem import methods
+from draem.engine.config import TrainConfig
 from draem.engine.devices import resolve_device
 from draem.engine.evaluate import EvaluationConfig, evaluate
-from draem.engine.run import RunFiles, read_torch_file
-from draem.engine.train import TrainConfig, calibration_inputs, finish, train
+from draem.engine.run import RunFiles
+from draem.engine.sampling import training_images
+from draem.engine.train import finish, train
+from draem.methods.weights import read_torch_file
 from draem.scoring import IMAGE_SCORE_WINDOW
 
 COLUMNS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
-OPTIONS = {"draem": {"recon_width": 32, "seg_width": 16}}
+PRESETS = {"draem": "narrow"}
+"""The size each method trains at here (DRAEM: widths 32/16); others: their full networks."""
 VARIANTS = ("budget recipe", "schedule only (paper window)", "budget recipe + averaged weights")
 
 
@@ -54,7 +58,7 @@ def train_and_test(folder: Path, method: str, data: str, recipe: str, seed: int,
     files = RunFiles(folder)
     if not measured(folder, args.report_only):
         if not files.model.exists():
-            train(TrainConfig(data=data, out=str(folder), method=method, options=OPTIONS.get(method, {}),
+            train(TrainConfig(data=data, out=str(folder), method=method, preset=PRESETS.get(method),
                               max_steps=args.steps, image_size=args.image_size, batch_size=8,
                               anomaly_source=args.anomaly_source, source_colour="auto", seed=seed,
                               precision="auto", recipe=recipe,
@@ -72,9 +76,9 @@ def finish_with_last_weights(run: Path, folder: Path, data: str, window: int | N
         config = replace(config, out=str(folder), score_window=window, average_weights=False)
         model = methods.get(config.method)(methods.get(config.method).Options.from_dict(config.options))
         model.load_state_dict(read_torch_file(RunFiles(run).checkpoint)["model"])
-        images, textures = calibration_inputs(config)
+        config, images = training_images(config)
         folder.mkdir(parents=True, exist_ok=True)
-        finish(model.to(device := resolve_device("auto")), config, files, images, textures, device)
+        finish(model.to(device := resolve_device("auto")), config, files, images, device)
         evaluate(EvaluationConfig(run=str(folder), data=data, precision="fp32"))
     return metrics_of(folder)["overall"]
 

@@ -23,12 +23,13 @@ from torch.utils.data import DataLoader
 
 from draem.data.catalog import select_dataset
 from draem.data.datasets import LabelledImages
-from draem.engine.calibrate import best_window
+from draem.engine.calibrate import best_window, calibration_samples
+from draem.engine.config import TrainConfig
 from draem.engine.devices import resolve_device
 from draem.engine.inference import Predictor
 from draem.engine.recipe import window_candidates
 from draem.engine.run import RunFiles, load_model
-from draem.engine.train import TrainConfig, calibration_inputs, calibration_samples
+from draem.engine.sampling import training_images
 from draem.metrics import auroc
 from draem.scoring import image_score
 
@@ -76,7 +77,9 @@ def main() -> None:
     loaded = load_model(args.model or args.run)
     windows = window_candidates(config.image_size)
 
-    simulated = [{"image": b.images, "mask": b.masks} for b in calibration_samples(config, *calibration_inputs(config))]
+    images = training_images(config)[1]
+    simulated = [{"image": b.images, "mask": b.masks}
+                 for b in calibration_samples(config, images.calibration, images.textures)]
     device = resolve_device("auto")
     maps, valid, scores, labels, areas = maps_scores_labels(Predictor(loaded, device), simulated)
     if not torch.allclose(scores, image_score(maps, valid, loaded.info.score_window), atol=1e-4):

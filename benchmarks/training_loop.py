@@ -40,9 +40,10 @@ from speed import convolution_seconds
 from torch.utils.data import DataLoader, Dataset
 
 from draem.data.catalog import select_dataset
+from draem.engine.config import TrainConfig
 from draem.engine.devices import autocast, cpu_has_native_bf16
 from draem.engine.run import ModelInfo, save_model
-from draem.engine.train import TrainConfig, train
+from draem.engine.train import train
 from draem.errors import DraemError
 from draem.methods.draem import DraemModel, DraemOptions
 from draem.methods.draem.model import draem_loss
@@ -141,7 +142,7 @@ def train_reference(images: list[Path], sources: list[Path], size: int, steps: i
                     workers: int) -> tuple[DraemModel, float]:
     """The authors' loop for `steps` steps of batch 8; the model and its images/s after the first `skip` steps."""
     torch.manual_seed(seed)
-    model = DraemModel(DraemOptions(recon_width=32, seg_width=16)).train()
+    model = DraemModel(DraemOptions(**DraemModel.presets["narrow"])).train()
     optimizer = torch.optim.Adam([{"params": model.reconstructive.parameters(), "lr": 1e-4},
                                   {"params": model.discriminative.parameters(), "lr": 1e-4}])
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(steps * 0.8), int(steps * 0.9)], gamma=0.2)
@@ -169,7 +170,7 @@ def train_reference(images: list[Path], sources: list[Path], size: int, steps: i
 def ours(data: str, sources: str, size: int, steps: int, skip: int, precision: str, workers: int,
          out: Path) -> float:
     """images/s of `draem train` (paper recipe, same sizes) over its steps after the first `skip`."""
-    train(TrainConfig(data=data, out=str(out), method="draem", options={"recon_width": 32, "seg_width": 16},
+    train(TrainConfig(data=data, out=str(out), method="draem", preset="narrow",
                       max_steps=steps, image_size=size, batch_size=8, anomaly_source=sources, recipe="paper",
                       precision=precision, workers=workers, device="cpu"))
     with (out / "losses.csv").open() as stream:
@@ -180,7 +181,7 @@ def ours(data: str, sources: str, size: int, steps: int, skip: int, precision: s
 def fixed_batch(size: int) -> tuple[DraemModel, torch.Tensor]:
     """DRAEM 32/16 in training mode and a batch of 8 random images, both channels-last, seeded."""
     torch.manual_seed(0)
-    model = DraemModel(DraemOptions(recon_width=32, seg_width=16)).train().to(memory_format=torch.channels_last)
+    model = DraemModel(DraemOptions(**DraemModel.presets["narrow"])).train().to(memory_format=torch.channels_last)
     return model, torch.rand(8, 3, size, size).contiguous(memory_format=torch.channels_last)
 
 

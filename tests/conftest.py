@@ -58,7 +58,7 @@ TOY_METHOD = '''
 import torch
 from torch import nn
 
-from draem.methods.base import AnomalyModel, Options, Stage, multistep
+from draem.methods.base import AnomalyModel, Options, PaperLength, Stage, multistep
 
 
 class TwoStages(AnomalyModel):
@@ -68,6 +68,8 @@ class TwoStages(AnomalyModel):
     paper = "a test double"
     headline = "none"
     Options = Options
+    paper_length = PaperLength(700, "epochs")
+    presets = {"full": {}, "demo": {}}
     loss_terms = ("first", "second", "total")
 
     def __init__(self, options=None):

@@ -7,8 +7,9 @@ from draem.engine.demo import DemoConfig, run_demo
 
 
 def test_demo_generates_trains_tests_and_reports(tmp_path, capsys):
-    config = DemoConfig(out=str(tmp_path / "demo"), kinds=("wood",), image_size=32, recon_width=4, seg_width=4,
-                        steps=2, train_per_kind=8, test_good_per_kind=3, test_defects_per_type=2)
+    config = DemoConfig(out=str(tmp_path / "demo"), kinds=("wood",), image_size=32,
+                        options={"recon_width": 4, "seg_width": 4}, steps=2, train_per_kind=8,
+                        test_good_per_kind=3, test_defects_per_type=2)
     reports = run_demo(config)
     assert [p.name for p in reports] == ["report.html"]
     assert reports[0].stat().st_size > 1000
@@ -21,8 +22,9 @@ def test_demo_generates_trains_tests_and_reports(tmp_path, capsys):
 
 
 def test_demo_trains_again_when_its_data_changed(tmp_path):
-    config = DemoConfig(out=str(tmp_path / "demo"), kinds=("wood",), image_size=32, recon_width=4, seg_width=4,
-                        steps=2, train_per_kind=8, test_good_per_kind=3, test_defects_per_type=2)
+    config = DemoConfig(out=str(tmp_path / "demo"), kinds=("wood",), image_size=32,
+                        options={"recon_width": 4, "seg_width": 4}, steps=2, train_per_kind=8,
+                        test_good_per_kind=3, test_defects_per_type=2)
     checkpoint = run_demo(config)[0].parent / "checkpoint.pt"
     first = torch.load(checkpoint)["model"]
     run_demo(config)

@@ -12,10 +12,11 @@ from draem.cli import main
 from draem.data import datasets
 from draem.deploy.onnx import InferenceGraph, OnnxRuntimeModel, export_onnx, max_difference
 from draem.deploy.quantize import export_int8
+from draem.engine.config import TrainConfig
 from draem.engine.devices import autocast, cpu_has_native_bf16, resolve_precision
 from draem.engine.inference import Predictor
 from draem.engine.run import load_model
-from draem.engine.train import TrainConfig, train
+from draem.engine.train import train
 from draem.errors import DraemError
 
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"{FIXTURES} not present")

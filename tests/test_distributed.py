@@ -16,7 +16,8 @@ from conftest import make_category, write_png
 
 TRAIN_SCRIPT = textwrap.dedent("""
     import sys
-    from draem.engine.train import TrainConfig, train
+    from draem.engine.config import TrainConfig
+    from draem.engine.train import train
 
     data, out, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
     identity = {"recon_width": 4, "seg_width": 4, "anomaly_prob": 0.0, "rotation_prob": 0.0}
@@ -47,6 +48,7 @@ def is_noise(name: str) -> bool:
                                                              parts[-3].startswith("up"))
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_doubled_batch(tmp_path):
     # High-contrast images: on near-constant ones float32 rounding alone moves BatchNorm gradients by >20 %.
     rng = np.random.default_rng(0)
@@ -135,6 +137,7 @@ def kill_processes_mentioning(text: str) -> None:
     raise AssertionError(f"processes mentioning {text} survived SIGKILL")
 
 
+@pytest.mark.slow
 def test_distributed_run_killed_midway_resumes_and_finishes(tmp_path):
     data = make_category(tmp_path / "widget", train=12)
     out = tmp_path / "run"
@@ -178,6 +181,7 @@ def test_sync_batchnorm_matches_plain_batchnorm_in_one_process():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("images", [3])
 def test_too_few_images_for_the_global_batch(tmp_path, images):
     data = make_category(tmp_path / "widget", train=images)

@@ -17,8 +17,9 @@ from test_distributed import environment, torchrun
 from draem.cli import main
 from draem.data.images import read_image
 from draem.deploy.official import import_official
+from draem.engine.config import TrainConfig
 from draem.engine.run import load_model
-from draem.engine.train import TrainConfig, train
+from draem.engine.train import train
 from draem.errors import DraemError
 from draem.methods.base import Stage, TrainBatch, Update
 from draem.methods.dsr import DsrGeneralModel, DsrGeneralOptions, DsrModel, DsrOptions
@@ -230,6 +231,21 @@ def test_a_run_stopped_inside_each_stage_resumes_to_the_same_model(tmp_path, mon
     assert all(torch.equal(value, got[key]) for key, value in expected.items())
 
 
+def test_averaged_weights_leave_the_codebooks_and_the_general_model_as_trained(tmp_path):
+    folder = make_folder(tmp_path / "images")
+    options = {**TINY_DSR, "restart_after": 2, "general_fraction": 0.5}
+    train(config(folder, tmp_path / "plain", "dsr", options, 12, recipe="budget"))
+    train(config(folder, tmp_path / "averaged", "dsr", options, 12, recipe="budget", average_weights=True))
+    plain, averaged = weights(tmp_path / "plain" / "model.pt"), weights(tmp_path / "averaged" / "model.pt")
+    codebooks = [key for key in plain if key.endswith(("_embedding.weight", "_ema_w", "_ema_cluster_size"))]
+    general = [key for key in plain if key.startswith("networks.vq.")]
+    assert len(codebooks) == 6 and set(codebooks) < set(general)
+    assert all(torch.equal(plain[key], averaged[key]) for key in general), "the general stage is not averaged"
+    average = torch.load(tmp_path / "averaged" / "checkpoint.pt")["average"]
+    assert average and not any(key.startswith("networks.vq.") for key in average)
+    assert not all(torch.equal(plain[key], averaged[key]) for key in average), "the later stages are averaged"
+
+
 def test_codes_unused_for_long_enough_restart_at_encoder_outputs_of_the_batch():
     torch.manual_seed(0)
     vq = DsrGeneralModel(DsrGeneralOptions(**TINY)).vq.train()
@@ -295,7 +311,9 @@ GENERAL_TWICE = textwrap.dedent("""
     import torch
     import torch.distributed as dist
 
-    from draem.engine.train import TrainConfig, train
+    from draem.engine.config import TrainConfig
+
+    from draem.engine.train import train
     from draem.methods.dsr.general import DsrGeneralModel
 
     folder, out, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -314,6 +332,7 @@ GENERAL_TWICE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_keep_one_codebook_that_of_one_process_with_the_doubled_batch(tmp_path):
     folder = make_folder(tmp_path / "images", count=4)
     script = tmp_path / "general_twice.py"

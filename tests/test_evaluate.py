@@ -7,9 +7,10 @@ from conftest import make_category, write_png
 from PIL import Image
 
 from draem.cli import main
+from draem.engine.config import TrainConfig
 from draem.engine.evaluate import EvaluationConfig, evaluate
 from draem.engine.run import ModelInfo, load_model, save_model
-from draem.engine.train import TrainConfig, train
+from draem.engine.train import train
 from draem.methods.draem import DraemModel, DraemOptions
 from draem.metrics import auroc
 

@@ -23,9 +23,11 @@ from draem.data.datasets import TrainImages
 from draem.deploy.onnx import InferenceGraph, OnnxRuntimeModel, export_onnx, max_difference
 from draem.deploy.openvino import OpenVinoModel
 from draem.deploy.quantize import quantize, run_training_images
-from draem.engine import distributed
+from draem.engine.config import TrainConfig, prepare
 from draem.engine.run import load_model
-from draem.engine.train import TrainConfig, activate, epoch_batches, prepare, train, training_batch
+from draem.engine.sampling import epoch_batches, training_batch
+from draem.engine.train import activate, train
+from draem.methods import processes as method_processes
 from draem.methods.base import TrainBatch, split_steps
 
 METHODS = methods.available()
@@ -87,6 +89,7 @@ def test_methods_command_lists_papers_and_figures(capsys):
     out = capsys.readouterr().out
     for name in METHODS:
         assert name in out and methods.get(name).headline in out
+        assert f"paper length {methods.get(name).paper_length}; presets full" in out
 
 
 def test_unknown_method_is_one_line(tmp_path, capsys):
@@ -167,6 +170,7 @@ def test_scores_do_not_depend_on_the_batch(trained):
     torch.testing.assert_close(together[1], torch.cat([a[1] for a in alone]), atol=1e-7, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_killed_run_resumes_to_the_same_model(name, tmp_path):
     data = make_category(tmp_path / "widget", train=8)
@@ -191,7 +195,8 @@ def test_killed_run_resumes_to_the_same_model(name, tmp_path):
 GRADIENT_SCRIPT = textwrap.dedent("""
     import json, os, sys
     from pathlib import Path
-    from draem.engine.train import TrainConfig, train
+    from draem.engine.config import TrainConfig
+    from draem.engine.train import train
 
     data, out, name, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     train(TrainConfig(data=data, out=out, method=name, options=options, max_steps=1, batch_size=2,
@@ -208,7 +213,7 @@ def first_stage(stages: list) -> object:
 
 
 class ThreadProcesses:
-    """Two threads standing in for two processes in `distributed.sum_over_processes` and `share_first_process`."""
+    """Two threads standing in for two processes in `processes.sum_over_processes` and `share_first_process`."""
 
     def __init__(self) -> None:
         self.barrier = threading.Barrier(2)
@@ -239,8 +244,8 @@ def replay_two_processes(config: TrainConfig, method: type, data: Path,
     gradients averaged at every optimiser step and state a method sums over processes summed over the threads,
     each fed its shard and its own random draws."""
     processes = ThreadProcesses()
-    monkeypatch.setattr(distributed, "sum_over_processes", processes.sum_over_processes)
-    monkeypatch.setattr(distributed, "share_first_process", processes.share_first_process)
+    monkeypatch.setattr(method_processes, "sum_over_processes", processes.sum_over_processes)
+    monkeypatch.setattr(method_processes, "share_first_process", processes.share_first_process)
     copies = []
     for _ in range(2):
         torch.manual_seed(config.seed)
@@ -288,6 +293,7 @@ def replay_two_processes(config: TrainConfig, method: type, data: Path,
     return copies[0].state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_two_gloo_processes_average_the_gradients_of_their_shards(name, tmp_path, monkeypatch):
     data = make_category(tmp_path / "widget", train=4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ from conftest import SHARED, make_category
 
 from draem import methods
 from draem.cli import main
-from draem.engine.train import TrainConfig, train
+from draem.engine.config import TrainConfig, prepare
+from draem.engine.run import build_model
+from draem.engine.train import train
 from draem.errors import DraemError
 from draem.methods.base import TrainBatch
 from draem.methods.ocrgan import (
@@ -25,6 +28,7 @@ from draem.methods.ocrgan import (
 from draem.methods.ocrgan.ablation import ABLATION_ROWS
 from draem.methods.ocrgan.forgery import AREA, forge
 from draem.methods.ocrgan.frequency import band_inputs, recompose
+from draem.methods.ocrgan.model import deepest
 from draem.methods.ocrgan.networks import ChannelSelection
 
 TINY = OcrGanModel.tiny_options
@@ -183,9 +187,35 @@ def test_losses_weigh_their_terms() -> None:
     assert float(terms["adversarial"]) == pytest.approx(float(torch.nn.functional.softplus(-logits).mean()))
     total = 2 * terms["adversarial"] + 50 * terms["reconstruction"] + 3 * terms["features"]
     assert float(terms["generator"]) == pytest.approx(float(total))
-    confident = discriminator_loss(torch.full((2,), 30.0), torch.full((2,), -30.0), torch.full((2,), -30.0))
-    assert set(confident) == {"d_real", "d_reconstructed", "d_forged", "discriminator"}
-    assert float(confident["discriminator"]) < 1e-5
+    confident = discriminator_loss(torch.full((2,), 30.0), torch.full((2,), -30.0), features, features,
+                                   torch.full((2,), -30.0))
+    assert set(confident) == {"d_real", "d_reconstructed", "d_latent", "d_forged", "discriminator"}
+    assert float(confident["d_latent"]) == 0 and float(confident["discriminator"]) < 1e-5
+    apart = discriminator_loss(torch.full((2,), 30.0), torch.full((2,), -30.0), features, features + 1,
+                               latent_weight=3.0)
+    assert float(apart["d_latent"]) == pytest.approx(1.0) and float(apart["discriminator"]) == pytest.approx(3.0, 1e-4)
+
+
+def test_the_discriminator_loss_has_the_authors_latent_term_with_gradient_to_the_discriminator() -> None:
+    model = tiny_model(feature_weight=2.0).train()
+    batch = images(4)
+    seen = []
+    original = model.reinitialise_collapsed_discriminator
+    model.reinitialise_collapsed_discriminator = lambda loss, generator: seen.append(loss) or original(loss, generator)
+    terms = step(model, batch)
+    assert float(terms["d_latent"]) > 0 and float(terms["d_latent"]) == pytest.approx(float(terms["features"]))
+    err_d = terms["d_real"] + terms["d_reconstructed"] + 2.0 * terms["d_latent"] + terms["d_forged"]
+    assert float(terms["discriminator"]) == pytest.approx(float(err_d)), "err_d = real + fake + latent + forged"
+    assert float(seen[0].detach()) == pytest.approx(float(err_d)), "the re-initialisation watches err_d"
+    (real_logits, real_features), (fake_logits, fake_features) = (model.discriminate(x) for x in (batch, batch))
+    same = discriminator_loss(real_logits, fake_logits, real_features, fake_features)
+    assert float(same["d_latent"].detach()) == 0, "zero when the reconstruction is the image"
+    model.discriminator.zero_grad()
+    latent = discriminator_loss(real_logits, fake_logits, real_features,
+                                model.discriminate(batch.flip(-1))[1])["d_latent"]
+    latent.backward()
+    gradients = [p.grad for p in model.discriminator.encoder.parameters()]
+    assert float(latent) > 0 and all(g is not None and g.abs().sum() > 0 for g in gradients)
 
 
 def test_forged_samples_paste_a_patch_of_2_to_15_percent_and_cut_a_hole() -> None:
@@ -240,12 +270,43 @@ def test_the_image_size_must_suit_the_depth() -> None:
     model = tiny_model(depth=6).eval()
     with pytest.raises(DraemError, match="--depth 6 needs a multiple of 64"):
         model.predict(images(1))
-    assert OcrGanModel.size_multiple == 2**OcrGanOptions().depth
+    assert OcrGanModel.size_multiple == 2 ** OcrGanModel.presets["compact"]["depth"]
+
+
+def test_the_default_networks_are_the_authors_at_256_px() -> None:
+    torch.manual_seed(0)
+    model = OcrGanModel()
+    assert model.options.depth == 8 and OcrGanOptions().depth == 0
+    generator = sum(p.numel() for name, p in model.generator.named_parameters() if not name.startswith("selection."))
+    assert generator == 108_827_910, "the authors' UnetGenerator_CS at 256 px (their CS blocks hold no parameters)"
+    authors_classifier, ours = 100 * 9, 100 + 1  # their Conv2d(nz, 1, 3, padding 1, no bias) on a 1x1 map: a linear
+    assert sum(p.numel() for p in model.discriminator.parameters()) == 47_984_260 - authors_classifier + ours
+    with torch.no_grad():
+        assert model.discriminator.encoder(torch.zeros(2, 3, 256, 256)).shape == (2, 100, 1, 1)
+
+
+@pytest.mark.parametrize("size, depth", [(32, 5), (64, 6), (96, 5), (128, 7), (256, 8), (1024, 10), (2048, 10)])
+def test_depth_0_is_the_deepest_the_image_size_allows(size: int, depth: int) -> None:
+    assert deepest(size) == depth and OcrGanOptions().at_image_size(size).depth == depth
+    assert OcrGanOptions(depth=5).at_image_size(size).depth == 5
+
+
+def test_runs_resolve_the_depth_and_older_runs_keep_theirs(tmp_path: Path) -> None:
+    def depth(**settings: object) -> int:
+        config = TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), method="ocrgan", image_size=64,
+                             **settings)
+        return prepare(config)[0].options["depth"]
+
+    assert depth() == 6 and depth(preset="compact") == 5 and depth(preset="demo") == 5
+    assert depth(preset="compact", options={"depth": 4}) == 4
+    older = {**asdict(OcrGanOptions(**TINY)), "depth": 5}  # saved before depth 0 existed: explicit
+    assert build_model("ocrgan", older, tmp_path / "model.pt").options.depth == 5
 
 
 @pytest.mark.parametrize("options, flag", [
     ({"width": 0}, "--width 0"), ({"disc_width": 0}, "--disc-width"), ({"cutout": 0}, "--cutout"),
-    ({"depth": 2}, "--depth 2"), ({"depth": 11}, "--depth 11"), ({"bands": "mid"}, "--bands mid"),
+    ({"depth": 2}, "--depth 2"), ({"depth": -1}, "--depth -1"), ({"depth": 11}, "--depth 11"),
+    ({"bands": "mid"}, "--bands mid"),
     ({"lr": 0.0}, "--lr"), ({"beta1": 1.0}, "--beta1"), ({"reconstruction_weight": -1.0}, "--reconstruction-weight"),
     ({"reinit_below": -1.0}, "--reinit-below"), ({"score_weight": 1.5}, "--score-weight"),
     ({"map_smoothing": 4}, "--map-smoothing"), ({"bands": "high"}, "--no-channel-selection"),

@@ -8,11 +8,12 @@ import torch
 from conftest import make_category, write_png
 from PIL import Image
 
-from draem import Draem
+from draem import Detector, Draem
 from draem.cli import main
 from draem.engine.calibrate import midway_threshold, normalise
+from draem.engine.config import TrainConfig
 from draem.engine.predict import expand_inputs
-from draem.engine.train import TrainConfig, train
+from draem.engine.train import train
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +74,19 @@ def test_predict_npy_maps_match_the_python_api(run, tmp_path):
     assert main(["predict", "--run", str(run), str(path), "--out", str(tmp_path / "o"),
                  "--map-format", "npy", "--precision", "fp32"]) == 0
     saved = np.load(tmp_path / "o" / "x_map.npy")
-    prediction = Draem.load(run, precision="fp32").predict(path)
+    prediction = Detector.load(run, precision="fp32").predict(path)
     assert saved.shape == prediction.anomaly_map.shape == (24, 40)
     np.testing.assert_allclose(saved, prediction.anomaly_map, atol=1e-6)
-    again = Draem.load(run, precision="fp32").predict(Image.open(path))
+    again = Detector.load(run, precision="fp32").predict(Image.open(path))
     assert again.score == pytest.approx(prediction.score)
     assert prediction.decision in ("good", "defective")
-    assert prediction.is_defective == (prediction.score >= Draem.load(run).thresholds["image"])
+    assert prediction.is_defective == (prediction.score >= Detector.load(run).thresholds["image"])
+
+
+def test_the_earlier_api_name_still_loads_with_a_deprecation_warning(run):
+    with pytest.warns(DeprecationWarning, match="use draem.Detector"):
+        old = Draem.load(run)
+    assert isinstance(old, Detector) and old.thresholds == Detector.load(run).thresholds
 
 
 def test_inputs_expand_files_folders_and_globs(tmp_path):
@@ -96,3 +103,34 @@ def test_labelled_calibration_uses_real_defects(run, tmp_path, capsys):
     assert "4 good, 4 defective" in capsys.readouterr().out
     thresholds = torch.load(run / "model.pt")["info"]["thresholds"]
     assert thresholds["method"] == "labelled defects"
+
+
+def test_reviewed_folders_without_masks_set_the_image_threshold_and_keep_the_pixel_one(run, tmp_path, capsys):
+    data = make_category(tmp_path / "val", good=4, defects={"spot": 4}, seed=3)
+    good, defective = tmp_path / "good", tmp_path / "defective"
+    shutil.copytree(data / "test" / "good", good)
+    shutil.copytree(data / "test" / "spot", defective)
+    run = shutil.copytree(run, tmp_path / "run")
+    before = torch.load(run / "model.pt")["info"]["thresholds"]
+    assert main(["test", "--run", str(run), "--normal", str(good), "--abnormal", str(defective)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())["overall"]
+    assert metrics["image_auroc"] is not None and metrics["pixel_auroc"] is None
+    assert main(["calibrate", "--run", str(run), "--normal", str(good), "--abnormal", str(defective)]) == 0
+    assert "4 good, 4 defective" in capsys.readouterr().out
+    after = torch.load(run / "model.pt")["info"]["thresholds"]
+    assert after["method"].startswith("labelled images without masks")
+    assert [after[k] for k in ("pixel", "pixel_low", "pixel_high")] == [before[k] for k in
+                                                                        ("pixel", "pixel_low", "pixel_high")]
+    assert after["normal_images"] == 4 and after["defective_images"] == 4
+
+
+def test_calibrating_an_uncalibrated_run_on_images_without_masks_is_refused(run, tmp_path, capsys):
+    data = make_category(tmp_path / "val", good=2, defects={"spot": 2}, seed=3)
+    run = shutil.copytree(run, tmp_path / "run")
+    payload = torch.load(run / "model.pt")
+    payload["info"]["thresholds"] = {}
+    torch.save(payload, run / "model.pt")
+    code = main(["calibrate", "--run", str(run), "--normal", str(data / "test" / "good"),
+                 "--abnormal", str(data / "test" / "spot")])
+    assert code == 2 and "have no masks" in capsys.readouterr().err
+    assert torch.load(run / "model.pt")["info"]["thresholds"] == {}

@@ -10,8 +10,15 @@ import torch
 from conftest import make_category
 from torch import nn
 
+from draem import methods
 from draem.cli import main
-from draem.engine.calibrate import LabelledBatch, best_window, choose_score_window
+from draem.engine.calibrate import (
+    LabelledBatch,
+    best_window,
+    calibration_samples,
+    choose_score_window,
+)
+from draem.engine.config import TrainConfig, paper_steps
 from draem.engine.recipe import (
     FINAL_RATE_SHARE,
     WeightAverage,
@@ -23,9 +30,10 @@ from draem.engine.recipe import (
     warmup_stable_decay,
     window_candidates,
 )
-from draem.engine.train import TrainConfig, calibration_inputs, calibration_samples, split_validation, train
+from draem.engine.sampling import split_validation, training_images
+from draem.engine.train import train
 from draem.errors import DraemError
-from draem.methods.base import Stage
+from draem.methods.base import Stage, split_steps
 
 TINY = ["--image-size", "32", "--recon-width", "4", "--seg-width", "4", "--batch-size", "2"]
 
@@ -80,19 +88,25 @@ def test_steps_within_keep_a_reserve_for_calibration():
     assert steps_within(1000.0, 1.0) == 950 and steps_within(0.5, 2.0) == 1 and steps_within(-3.0, 1.0) == 1
 
 
-def test_the_weight_average_follows_parameters_and_normalisation_statistics_only():
-    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+def test_the_weight_average_follows_what_optimisers_train_and_normalisation_statistics_only():
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.Linear(2, 2))
     model.register_buffer("codebook", torch.zeros(3))
-    assert set(averaged_names(model)) == {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
-                                          "1.running_var"}
-    average = WeightAverage(model, horizon=4)
+    model.register_parameter("ema", nn.Parameter(torch.zeros(3), requires_grad=False))
+    model.ema.requires_grad_(True)  # as the engine's activate() leaves a trained module's EMA parameters
+    stages = [Stage("a", 0.5, [model], {"adam": torch.optim.Adam([*model[0].parameters(), *model[1].parameters()])}),
+              Stage("b", 0.5, [model[2]], {"adam": torch.optim.Adam(model[2].parameters())}, averaged=False)]
+    assert set(averaged_names(model, stages)) == {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
+                                                  "1.running_var"}
+    average = WeightAverage(model, stages, horizon=4)
     start = model[0].weight.detach().clone()
     with torch.no_grad():
         model[0].weight.add_(1.0)
-        model.codebook.fill_(7.0)
+        for value in (model.codebook, model.ema, model[2].weight):
+            value.fill_(7.0)
     average.update(model)
     average.copy_to(model)
-    assert torch.allclose(model[0].weight, start + 0.25) and torch.equal(model.codebook, torch.full((3,), 7.0))
+    assert torch.allclose(model[0].weight, start + 0.25)
+    assert all(torch.equal(v, torch.full_like(v, 7.0)) for v in (model.codebook, model.ema, model[2].weight))
 
 
 def test_the_window_that_separates_simulated_defects_best_is_chosen():
@@ -121,7 +135,8 @@ def test_ties_between_windows_go_to_the_one_nearest_the_preferred():
 def test_calibration_uses_the_held_out_images_and_simulated_defects_drawn_from_the_run_seed(category, tmp_path):
     config = tiny_config(category, tmp_path)
     held_out = split_validation(sorted((category / "train" / "good").glob("*.png")), 0.1, 0)[1]
-    assert calibration_inputs(config) == (held_out, []) and len(held_out) == 1  # a tenth of 6 training images
+    images = training_images(config)[1]
+    assert (images.calibration, images.textures) == (held_out, []) and len(held_out) == 1  # a tenth of 6 images
     images = sorted((category / "train" / "good").glob("*.png"))[:2]
     first, again = (calibration_samples(config, images, []) for _ in range(2))
     other = calibration_samples(tiny_config(category, tmp_path, seed=1), images, [])
@@ -243,3 +258,36 @@ def test_an_unknown_recipe_is_refused_before_any_work(category, tmp_path):
     with pytest.raises(DraemError, match="--recipe fast: expected one of paper, budget"):
         train(tiny_config(category, tmp_path / "run", recipe="fast"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", methods.available())
+def test_every_method_under_the_budget_recipe_warms_up_each_stage_to_its_raised_rate(name, category, tmp_path):
+    method, steps = methods.get(name), 12
+    out = tmp_path / "run"
+    train(TrainConfig(data=str(category), out=str(out), method=name, options=method.tiny_options, max_steps=steps,
+                      batch_size=2, image_size=32, validation_fraction=0.0))
+    saved = json.loads((out / "config.json").read_text())
+    paper = paper_steps(TrainConfig(data=None, out=""), method, saved["steps_per_epoch"])
+    scale = peak_rate_scale(steps, paper, method.budget_rate_scale)
+    stages = method(method.Options.from_dict(saved["train"]["options"])).stages(steps)
+    expected = []
+    for stage, count in zip(stages, split_steps(steps, [s.fraction for s in stages]), strict=True):
+        base = stage.lr
+        expected += [scale * base * warmup_stable_decay(step, count) for step in range(count)]
+    with (out / "losses.csv").open() as stream:
+        rates = [float(r["lr"]) for r in csv.DictReader(stream)]
+    assert saved["train"]["recipe"] == "budget" and rates == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", methods.available())
+def test_every_method_trains_for_the_steps_its_time_budget_allows(name, category, tmp_path, caplog):
+    method = methods.get(name)
+    out = tmp_path / "run"
+    with caplog.at_level("INFO", logger="draem"):
+        train(TrainConfig(data=str(category), out=str(out), method=name, options=method.tiny_options,
+                          time_budget="3s", batch_size=2, image_size=32, validation_fraction=0.0))
+    saved = json.loads((out / "config.json").read_text())
+    steps = saved["train"]["max_steps"]
+    assert steps >= 1 and saved["total_steps"] == steps and f"training for {steps} steps" in caplog.text
+    with (out / "losses.csv").open() as stream:
+        assert len(list(csv.DictReader(stream))) == steps

@@ -20,6 +20,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from draem.report import plots
 from draem.report.content import Example, PixelCurve, ReportContent
 from draem.report.html import MAX_EXAMPLES, example_tiles, render_report, write_report
+from draem.report.overlay import UNIT_SCALE, ColourScale, overlay
 
 SIZE = 32
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -233,3 +234,26 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     dom, console = _render(browser, broken, tmp_path / "profile")
     assert 'data-images-ok="false"' in dom
     assert any("Uncaught" in line for line in _console_errors(console))
+
+
+def test_the_colour_scale_follows_the_runs_calibration() -> None:
+    scale = ColourScale.of({"pixel_low": 0.02, "pixel": 0.06, "pixel_high": 0.10, "image": 0.1})
+    values = torch.tensor([0.0, 0.02, 0.04, 0.06, 0.08, 0.10, 0.5])
+    torch.testing.assert_close(scale(values), torch.tensor([0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0]))
+    assert ColourScale.of({}) == UNIT_SCALE and torch.equal(UNIT_SCALE(torch.tensor([0.3])), torch.tensor([0.3]))
+
+
+def test_a_map_in_a_small_range_is_coloured_hot_where_it_passes_the_threshold() -> None:
+    """RIAD-like maps live in [0.02, 0.1]: on the unit scale their overlay is uniformly cold; on the run's
+    calibrated scale the defect is hot and the background cold."""
+    anomaly_map = torch.full((16, 16), 0.03)
+    anomaly_map[4:8, 4:8] = 0.09
+    image = torch.full((3, 16, 16), 0.5)
+    scale = ColourScale.of({"pixel_low": 0.02, "pixel": 0.06, "pixel_high": 0.10})
+    unit, calibrated = overlay(image, anomaly_map), overlay(image, anomaly_map, scale)
+
+    def warmth(tile: torch.Tensor) -> torch.Tensor:  # the heat ramp runs from blue to red
+        return tile[0] - tile[2]
+
+    assert (warmth(unit)[4:8, 4:8] - warmth(unit)[0:4, 0:4]).mean() < 0.1
+    assert (warmth(calibrated)[4:8, 4:8] - warmth(calibrated)[0:4, 0:4]).mean() > 0.3

@@ -15,8 +15,9 @@ from scipy import ndimage
 from torch import nn
 
 from draem.cli import main
+from draem.engine.config import TrainConfig
 from draem.engine.evaluate import EvaluationConfig, evaluate
-from draem.engine.train import TrainConfig, train
+from draem.engine.train import train
 from draem.errors import DraemError
 from draem.losses import msgms_loss, msgms_map
 from draem.methods import get

@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import make_category
 
-from draem.engine.train import TrainConfig, train
+from draem.engine.config import TrainConfig
+from draem.engine.train import train
 from draem.errors import DraemError
 from draem.methods.base import Stage, TrainBatch, Update
 

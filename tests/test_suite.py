@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 
+import pytest
 from conftest import make_category
 from test_distributed import torchrun
 
@@ -36,6 +37,7 @@ def test_summary_table_means_each_column():
     assert "| b | 100.0 | 90.0 | n/a | 90.0 |" in markdown(rows)
 
 
+@pytest.mark.slow
 def test_parallel_categories_give_each_process_its_own_category(tmp_path):
     for name in ("bottle", "cable"):
         make_category(tmp_path / "data" / name, seed=len(name))

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from draem.cli import main
-from draem.engine.train import TrainConfig, epoch_batches, train
+from draem.engine.config import TrainConfig
+from draem.engine.run import RunFiles
+from draem.engine.runlog import LossLog
+from draem.engine.sampling import epoch_batches
+from draem.engine.train import train
+from draem.errors import DraemError
 from draem.methods.draem import model as draem_model
 
 TINY = ["--image-size", "32", "--recon-width", "4", "--seg-width", "4", "--batch-size", "2"]
@@ -83,6 +88,7 @@ def wait_for_rows(path: Path, rows: int, process: subprocess.Popen, timeout: flo
     raise AssertionError(f"training never reached {rows} steps")
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(category, tmp_path):
     out = tmp_path / "run"
     process = run_cli("train", "--data", str(category), "--out", str(out), "--max-steps", "500",
@@ -133,3 +139,31 @@ def test_bad_options_give_one_line(category, tmp_path, capsys, flags, message):
     code = main(["train", "--data", str(category), "--out", str(tmp_path / "r"), *TINY, *flags])
     err = capsys.readouterr().err
     assert code != 0 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_extra_normal_images_join_the_training_images(category, tmp_path):
+    extra = tmp_path / "reviewed-good"
+    extra.mkdir()
+    for path in sorted((category / "test" / "good").glob("*.png")):
+        (extra / path.name).write_bytes(path.read_bytes())
+    train(tiny_config(category, tmp_path / "run", max_steps=1, extra_normal=str(extra), validation_fraction=0.0))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train_images"] == 6 + 3 and saved["train"]["extra_normal"] == str(extra.absolute())
+    (extra / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DraemError, match="broken.png"):
+        train(tiny_config(category, tmp_path / "again", extra_normal=str(extra)))
+    assert not (tmp_path / "again").exists()
+
+
+def test_a_resumed_loss_log_keeps_earlier_rows_under_their_columns_when_terms_were_added(tmp_path):
+    files = RunFiles(tmp_path)
+    files.losses.write_text("step,epoch,stage,lr,real,fake,images_per_s\n1,0,train,0.1,0.5,0.6,10.0\n"
+                            "2,0,train,0.1,0.4,0.7,11.0\n3,0,train,0.1,0.3,0.8,12.0\n")
+    with LossLog(files, ("real", "latent", "fake"), step=2, total_steps=5) as log:
+        log.record(3, 0, "train", 0.1, {"real": 0.25, "latent": 0.05, "fake": 0.9}, 8)
+    with files.losses.open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    assert rows[1] == {"step": "2", "epoch": "0", "stage": "train", "lr": "0.1", "real": "0.4", "latent": "",
+                             "fake": "0.7", "images_per_s": "11.0"}
+    assert rows[2]["latent"] == "0.050000" and rows[2]["fake"] == "0.900000"

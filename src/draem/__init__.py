@@ -1,6 +1,6 @@
-"""DRAEM surface-anomaly detection: train on defect-free images, flag and localise defects."""
+"""DRAEM and its family of surface-anomaly detectors: train on defect-free images, flag and localise defects."""
 
-from draem.api import Draem, Prediction
+from draem.api import Detector, Draem, Prediction
 
 __version__ = "0.1.0"
-__all__ = ["Draem", "Prediction", "__version__"]
+__all__ = ["Detector", "Draem", "Prediction", "__version__"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -9,13 +10,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from draem import methods
 from draem.data.images import fit_to_square, read_image, valid_region
+from draem.engine.config import TrainConfig
 from draem.engine.devices import resolve_device
 from draem.engine.evaluate import EvaluationConfig, evaluate
 from draem.engine.inference import Predictor
 from draem.engine.predict import results_for_batch
 from draem.engine.run import load_model
-from draem.engine.train import TrainConfig, train
+from draem.engine.train import train
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 
@@ -51,21 +54,22 @@ def _as_tensor(image: ImageInput) -> torch.Tensor:
     return image.float()
 
 
-class Draem:
-    """A trained run of any method, ready to predict; `Draem.train` and `.test` run the CLI's jobs."""
+class Detector:
+    """A trained run of any method, ready to predict; `Detector.train` and `.test` run the CLI's jobs."""
 
     def __init__(self, run_dir: str | Path, device: str = "auto", precision: str = "auto") -> None:
         self.run_dir = Path(run_dir)
         self.predictor = Predictor(load_model(run_dir), resolve_device(device), precision)
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto", precision: str = "auto") -> Draem:
+    def load(cls, run_dir: str | Path, device: str = "auto", precision: str = "auto") -> Detector:
         """Load the model of a run directory."""
         return cls(run_dir, device, precision)
 
     @classmethod
-    def train(cls, data: str | Path, out: str | Path, method: str = "draem", **options: object) -> Draem:
-        """Train like `draem train`: options are TrainConfig fields or the method's own; load the result."""
+    def train(cls, data: str | Path, out: str | Path, method: str = methods.DEFAULT, **options: object) -> Detector:
+        """Train like `draem train`: options are TrainConfig fields (e.g. preset, max_steps) or the method's own;
+        load the result."""
         engine = {f.name for f in fields(TrainConfig)}
         own = {k: v for k, v in options.items() if k not in engine}
         common = {k: v for k, v in options.items() if k in engine}
@@ -90,3 +94,12 @@ class Draem:
         return Prediction(result.score, result.normalized_score, result.defective,
                           result.anomaly_map.numpy(),
                           None if result.mask is None else result.mask.numpy())
+
+
+class Draem(Detector):
+    """The earlier name of `Detector`, kept for one release."""
+
+    def __init__(self, run_dir: str | Path, device: str = "auto", precision: str = "auto") -> None:
+        warnings.warn("draem.Draem is deprecated and will be removed in the next release; use draem.Detector",
+                      DeprecationWarning, stacklevel=3)
+        super().__init__(run_dir, device, precision)

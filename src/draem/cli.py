@@ -13,7 +13,8 @@ from pathlib import Path
 from draem import methods
 from draem.data.catalog import ALL
 from draem.data.demo import DEMO_DEFAULT_KINDS, DEMO_KINDS
-from draem.data.images import RESIZE_MODES
+from draem.data.images import FIT_MODES, RESIZE_MODES
+from draem.engine.config import SOURCE_COLOURS
 from draem.engine.devices import PRECISIONS
 from draem.engine.inference import BACKENDS
 from draem.engine.recipe import RECIPES
@@ -65,35 +66,29 @@ def method_options(args: argparse.Namespace, name: str) -> dict:
     return given
 
 
-def _add_train(commands: argparse._SubParsersAction, method: str = "draem") -> None:
-    p = commands.add_parser("train", help="train a method on the defect-free images of a category",
-                            formatter_class=_Help,
-                            description="Train a method (--method; `draem methods` lists them). "
-                                        "`draem train --method NAME --help` shows that method's options.")
-    p.add_argument("--method", default="draem", help="the method to train")
-    p.add_argument("--data", help="dataset root or category folder: MVTec AD, DAGM 2007 or KolektorSDD2 "
-                                  "layout (not needed with --resume)")
+def _add_run_settings(p: argparse.ArgumentParser) -> None:
+    """The training settings `train` and `ablate` share: one TrainConfig field each."""
     p.add_argument("--category", help="category under --data; 'all' trains every category into --out/<name>")
-    p.add_argument("--parallel-categories", action="store_true",
-                   help="with --category all under torchrun: one category per process")
-    p.add_argument("--normal", help="instead of --data: a plain folder of defect-free images")
-    p.add_argument("--out", required=True, help="run directory to create (or continue)")
-    p.add_argument("--epochs", type=int, default=700, help="passes over the training images")
+    p.add_argument("--preset", help="a named size of the method's networks ('full': the paper's, 'demo', and any "
+                                    "the method adds); flags of the method's options win over it")
+    p.add_argument("--epochs", type=int, help="passes over the training images (default: as long as the method's "
+                                              "paper trains)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs); with "
                                                  "--resume on a finished run, extends it")
     p.add_argument("--time-budget", help="instead of --max-steps: train for about this long (e.g. 45m, 2h); "
                                          "the steps are set from the first steps' time")
     p.add_argument("--recipe", choices=RECIPES, help=RECIPE_HELP)
     p.add_argument("--average-weights", action="store_true",
-                   help="save as the model a moving average of the weights (horizon: a tenth of the steps)")
+                   help="save as the model a moving average of the weights the optimisers train (horizon: a tenth "
+                        "of the steps; EMA codebooks and DSR's general model stay as trained)")
     p.add_argument("--batch-size", type=int, default=8, help="images per step (per process under torchrun)")
     p.add_argument("--image-size", type=int, default=256, help="side of the square the images are fitted to")
-    p.add_argument("--fit", choices=("resize", "pad"), default="resize",
+    p.add_argument("--fit", choices=FIT_MODES, default="resize",
                    help="squash images to a square (the paper) or pad to keep the aspect ratio")
     p.add_argument("--resize", choices=RESIZE_MODES, default="antialias",
                    help="antialiased bilinear (ours) or the authors' OpenCV bilinear without antialiasing")
     p.add_argument("--anomaly-source", help="folder of texture images (e.g. DTD); built-in if absent")
-    p.add_argument("--source-colour", choices=("color", "gray", "auto"), default="color",
+    p.add_argument("--source-colour", choices=SOURCE_COLOURS, default="color",
                    help="make anomaly sources grey ('auto': when the training images are grey)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -106,12 +101,29 @@ def _add_train(commands: argparse._SubParsersAction, method: str = "draem") -> N
     p.add_argument("--cache-mb", type=int, default=2048,
                    help="memory for decoded training images and textures, reused by later epochs (0: none)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    p.add_argument("--validation-fraction", type=float, default=0.1,
-                   help="share of the good images held out to calibrate thresholds (0: use training images)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--score-window", type=int,
                    help="image score = max of the k x k mean-filtered map (default: the paper's 21, or with the "
                         "budget recipe the k that best separates simulated defects on held-out good images)")
+
+
+def _add_train(commands: argparse._SubParsersAction, method: str = methods.DEFAULT) -> None:
+    p = commands.add_parser("train", help="train a method on the defect-free images of a category",
+                            formatter_class=_Help,
+                            description="Train a method (--method; `draem methods` lists them). "
+                                        "`draem train --method NAME --help` shows that method's options.")
+    p.add_argument("--method", default=methods.DEFAULT, help="the method to train")
+    p.add_argument("--data", help="dataset root or category folder: MVTec AD, DAGM 2007 or KolektorSDD2 "
+                                  "layout (not needed with --resume)")
+    p.add_argument("--normal", help="instead of --data: a plain folder of defect-free images")
+    p.add_argument("--extra-normal", help="a folder of more defect-free images (e.g. `draem reviews export`'s "
+                                          "good/) added to the training images of --data or --normal")
+    p.add_argument("--out", required=True, help="run directory to create (or continue)")
+    _add_run_settings(p)
+    p.add_argument("--parallel-categories", action="store_true",
+                   help="with --category all under torchrun: one category per process")
+    p.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of the good images held out to calibrate thresholds (0: use training images)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--sync-bn", dest="sync_batchnorm", action="store_true",
                    help="with torchrun: BatchNorm statistics over the whole global batch")
     _add_method_options(p, method)
@@ -123,7 +135,8 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from draem.engine.train import TrainConfig, train
+    from draem.engine.config import TrainConfig
+    from draem.engine.train import train
 
     if args.data is None and args.normal is None and not args.resume:
         raise DraemError("train: --data or --normal is required (unless --resume continues a run)")
@@ -139,15 +152,21 @@ def _run_train(args: argparse.Namespace) -> None:
         print(train(config))
 
 
+def _add_labelled_folders(p: argparse.ArgumentParser) -> None:
+    """--normal / --abnormal / --masks: labelled plain folders (e.g. exported reviews) instead of --data."""
+    p.add_argument("--normal", help="instead of --data: folder of defect-free images (e.g. reviews' good/)")
+    p.add_argument("--abnormal", help="with --normal: folder of defective images (e.g. reviews' defective/)")
+    p.add_argument("--masks", help="with --normal: folder of masks matched by file stem; without it, image-level "
+                                   "metrics and thresholds only")
+
+
 def _add_test(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("test", help="evaluate a trained run on a labelled test set")
     p.add_argument("--run", required=True, help="run directory (or model.pt)")
     p.add_argument("--data", help="dataset root or category folder (MVTec AD, DAGM 2007, KolektorSDD2)")
     p.add_argument("--category", help="category under --data; 'all' tests --run/<name> for every category "
                                       "and writes the paper's table (benchmark.csv, benchmark.md)")
-    p.add_argument("--normal", help="instead of --data: folder of defect-free test images")
-    p.add_argument("--abnormal", help="with --normal: folder of defective test images")
-    p.add_argument("--masks", help="with --normal: folder of masks matched by file stem")
+    _add_labelled_folders(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -202,8 +221,9 @@ def _run_predict(args: argparse.Namespace) -> None:
 def _add_calibrate(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("calibrate", help="F1-optimal thresholds from labelled validation images")
     p.add_argument("--run", required=True, help="run directory (or model.pt)")
-    p.add_argument("--data", required=True, help="labelled set in MVTec layout (its test/ split is used)")
+    p.add_argument("--data", help="labelled set in any supported layout (its test split is used)")
     p.add_argument("--category", help="category under --data when it holds several")
+    _add_labelled_folders(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -243,9 +263,9 @@ def _run_data(args: argparse.Namespace) -> None:
     print(generate_demo_dataset(Path(args.out), seed=args.seed, image_size=args.image_size))
 
 
-def _add_import_official(commands: argparse._SubParsersAction, method: str = "draem") -> None:
+def _add_import_official(commands: argparse._SubParsersAction, method: str = methods.DEFAULT) -> None:
     p = commands.add_parser("import-official", help="turn the authors' released checkpoints into a run")
-    p.add_argument("--method", default="draem", help="the method whose checkpoints these are")
+    p.add_argument("--method", default=methods.DEFAULT, help="the method whose checkpoints these are")
     for name, text in methods.get(method).official_files.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, help=text)
     p.add_argument("--out", required=True, help="run directory to create")
@@ -286,6 +306,7 @@ def _run_export(args: argparse.Namespace) -> None:
 def _add_demo(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("demo", help="generate demo data, train, test and write reports (minutes)")
     p.add_argument("--out", default="draem-demo", help="folder for data, runs and reports")
+    p.add_argument("--method", default=methods.DEFAULT, help="the method to train, with its demo preset")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated data and of training")
     p.add_argument("--kinds", nargs="+", choices=DEMO_KINDS,
                    help=f"surface kinds to train (default: {' '.join(DEMO_DEFAULT_KINDS)})")
@@ -295,7 +316,8 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> None:
     from draem.engine.demo import DemoConfig, run_demo
 
-    config = DemoConfig(out=args.out, seed=args.seed, device=args.device)
+    methods.get(args.method)
+    config = DemoConfig(out=args.out, method=args.method, seed=args.seed, device=args.device)
     if args.kinds:
         config.kinds = tuple(args.kinds)
     reports = run_demo(config)
@@ -317,7 +339,9 @@ def _run_methods(args: argparse.Namespace) -> None:
     width = max(map(len, names)) + 2
     for name in names:
         method = methods.get(name)
-        print(f"{name:<{width}}{method.paper}\n{'':<{width}}{method.headline}")
+        default = " (default)" if name == methods.DEFAULT else ""
+        print(f"{name:<{width}}{method.paper}{default}\n{'':<{width}}{method.headline}\n"
+              f"{'':<{width}}paper length {method.paper_length}; presets {', '.join(method.presets)}")
 
 
 COMMANDS["methods"] = (_add_methods, _run_methods)
@@ -331,70 +355,57 @@ def _setting(text: str) -> tuple[str, str]:
     return key.replace("-", "_"), value
 
 
-def _add_ablate(commands: argparse._SubParsersAction) -> None:
-    rows = ", ".join(row.name for row in methods.get("draem").ablation_rows)
+def _add_ablate(commands: argparse._SubParsersAction, method: str = methods.DEFAULT) -> None:
+    rows = ", ".join(row.name for row in methods.get(method).ablation_rows) or "none"
     p = commands.add_parser("ablate", help="train and test each row of a method's ablation table on one category",
                             description="Reproduce a paper's ablation table (DRAEM: Table 3) on one category: each "
                                         "row trains into --out/<row> (resumable) and is tested in fp32; writes "
                                         "ablation.csv and ablation.md beside the paper's figures.")
+    p.add_argument("--method", default=methods.DEFAULT, help="the method whose ablation table to run")
     p.add_argument("--data", required=True, help="dataset root or category folder (MVTec AD, DAGM 2007, "
                                                  "KolektorSDD2 layout)")
-    p.add_argument("--category", help="category under --data")
     p.add_argument("--out", required=True, help="folder for the rows' runs and the tables")
-    p.add_argument("--method", default="draem", help="the method whose ablation table to run")
-    p.add_argument("--rows", nargs="+", help=f"names of the rows to run (default: all; draem's: {rows})")
-    p.add_argument("--anomaly-source", help="folder of texture images (e.g. DTD) for the rows that use textures; "
-                                            "built-in if absent")
+    p.add_argument("--rows", nargs="+", help=f"names of the rows to run (default: all; {method}'s: {rows})")
     p.add_argument("--natural-images", help="folder of natural images (e.g. ImageNet) for the rows that use "
                                             "them; without it those rows are reported as not run")
     p.add_argument("--set", dest="settings", metavar="KEY=VALUE", type=_setting, action="append",
                    help="a method option for every row whose method has it and does not vary it, e.g. "
                         "recon_width=32 (repeatable)")
-    p.add_argument("--epochs", type=int, default=700, help="passes over the training images of each row")
-    p.add_argument("--max-steps", type=int, help="steps of each row (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per step")
-    p.add_argument("--image-size", type=int, default=256, help="side of the square the images are fitted to")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    p.add_argument("--source-colour", choices=("color", "gray", "auto"), default="color",
-                   help="make anomaly sources grey ('auto': when the training images are grey)")
-    p.add_argument("--recipe", choices=RECIPES, help=RECIPE_HELP)
-    p.add_argument("--score-window", type=int, help="image score = max of the k x k mean-filtered map (default: "
-                                                    "as the recipe says)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="training precision (testing is always fp32)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    _add_run_settings(p)
 
 
 def _run_ablate(args: argparse.Namespace) -> None:
     from draem.engine.ablate import AblationConfig, ablate
+    from draem.engine.config import TrainConfig
 
     options = _options(args)
-    options["settings"] = dict(options["settings"] or [])
-    print(ablate(AblationConfig(**options)).read_text())
+    own = {name: options.pop(name) for name in ("out", "rows", "natural_images", "settings")}
+    config = AblationConfig(train=TrainConfig(**options, out=own["out"]), out=own["out"], rows=own["rows"],
+                            natural_images=own["natural_images"], settings=dict(own["settings"] or []))
+    print(ablate(config).read_text())
 
 
 COMMANDS["ablate"] = (_add_ablate, _run_ablate)
 
 
 def _method_in(argv: Sequence[str]) -> str:
-    """The --method value of a command line (default draem), before the full parse."""
+    """The --method value of a command line (default: the default method), before the full parse."""
     for index, word in enumerate(argv):
         if word == "--method" and index + 1 < len(argv):
             return argv[index + 1]
         if word.startswith("--method="):
             return word.split("=", 1)[1]
-    return "draem"
+    return methods.DEFAULT
 
 
-def build_parser(method: str = "draem") -> argparse.ArgumentParser:
-    """The parser of every command; `train` carries the options of `method`."""
+def build_parser(method: str = methods.DEFAULT) -> argparse.ArgumentParser:
+    """The parser of every command; `train`, `import-official` and `ablate` are those of `method`."""
     parser = argparse.ArgumentParser(prog="draem", description="Surface-anomaly detection: DRAEM and its family",
                                      formatter_class=_Help)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (add, _) in COMMANDS.items():
-        if name in ("train", "import-official"):
+        if name in ("train", "import-official", "ablate"):
             add(commands, method)
         else:
             add(commands)
@@ -412,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"draem: error: {exc}", file=sys.stderr)
         return exc.exit_code
     args = parser.parse_args(argv)
+    previous = log.handlers[:], log.level, log.propagate
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("draem: %(message)s"))
     log.handlers[:] = [handler]
@@ -427,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("draem: interrupted", file=sys.stderr)
         return 130
+    finally:
+        log.handlers[:], log.level, log.propagate = previous  # as it was for a caller in the same process
     return 0
 
 

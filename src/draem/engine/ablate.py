@@ -8,16 +8,17 @@ import io
 import json
 import logging
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from draem import methods
+from draem.engine.config import TrainConfig, prepare
 from draem.engine.evaluate import EvaluationConfig, evaluate
 from draem.engine.recipe import default_recipe
 from draem.engine.run import RunFiles
 from draem.engine.suite import markdown
-from draem.engine.train import TrainConfig, prepare, train
+from draem.engine.train import train
 from draem.errors import DraemError
 from draem.files import write_text
 from draem.methods.base import AblationRow
@@ -32,27 +33,18 @@ MD_HEADER = ("Row", "Method", "Checked columns", "Steps", "Det.", "Loc.", "Paper
 
 @dataclass
 class AblationConfig:
-    """The category, which rows of which method's table, where the runs go, and every row's training budget."""
+    """Which rows of which method's table, where their runs go, and the training settings every row shares
+    (`train`: its data, category, budget, sizes, seed, device; its out, method, options and source are the rows')."""
 
-    data: str
+    train: TrainConfig
     out: str
-    category: str | None = None
-    method: str = "draem"
     rows: list[str] | None = None
-    anomaly_source: str | None = None
     natural_images: str | None = None
     settings: dict[str, str] = field(default_factory=dict)
-    epochs: int = 700
-    max_steps: int | None = None
-    batch_size: int = 8
-    image_size: int = 256
-    seed: int = 0
-    source_colour: str = "color"
-    recipe: str | None = None
-    score_window: int | None = None
-    precision: str = "fp32"
-    device: str = "auto"
-    workers: int = 0
+
+    @property
+    def method(self) -> str:
+        return self.train.method
 
 
 @dataclass
@@ -109,18 +101,13 @@ def check_settings(rows: list[AblationRow], settings: dict[str, str]) -> None:
 
 def row_source(row: AblationRow, config: AblationConfig) -> str | None:
     """The anomaly-source folder the row trains with (None: none, or the built-in textures)."""
-    return {"textures": config.anomaly_source, "natural": config.natural_images}.get(row.anomaly_source)
+    return {"textures": config.train.anomaly_source, "natural": config.natural_images}.get(row.anomaly_source)
 
 
 def train_config(row: AblationRow, options: dict[str, Any], config: AblationConfig) -> TrainConfig:
     """The row's training run in out/<row>: all training images, resumed where it stopped."""
-    return TrainConfig(data=config.data, out=str(Path(config.out) / row.name), method=row.method, options=options,
-                       category=config.category, epochs=config.epochs, max_steps=config.max_steps,
-                       batch_size=config.batch_size, image_size=config.image_size,
-                       anomaly_source=row_source(row, config), seed=config.seed, device=config.device,
-                       source_colour=config.source_colour, recipe=config.recipe,
-                       score_window=config.score_window,
-                       precision=config.precision, workers=config.workers, validation_fraction=0.0, resume=True)
+    return replace(config.train, out=str(Path(config.out) / row.name), method=row.method, options=options,
+                   anomaly_source=row_source(row, config), validation_fraction=0.0, resume=True)
 
 
 def run_row(row: AblationRow, run: TrainConfig, config: AblationConfig) -> RowResult:
@@ -131,9 +118,9 @@ def run_row(row: AblationRow, run: TrainConfig, config: AblationConfig) -> RowRe
     else:
         log.info("row %s: training into %s", row.name, files.root)
         train(run)
-    metrics = evaluate(EvaluationConfig(run=run.out, data=config.data, category=config.category,
-                                        batch_size=config.batch_size, device=config.device, precision="fp32",
-                                        workers=config.workers))
+    metrics = evaluate(EvaluationConfig(run=run.out, data=run.data, category=run.category,
+                                        batch_size=run.batch_size, device=run.device, precision="fp32",
+                                        workers=run.workers))
     steps = json.loads(files.config.read_text())["total_steps"]
     return RowResult(row, metrics["overall"], steps)
 
@@ -192,18 +179,19 @@ def md_row(result: RowResult) -> list[str]:
 
 def header(config: AblationConfig) -> str:
     """The .md's title and the protocol and budget the rows were run with."""
-    model = methods.get(config.method)
-    budget = f"{config.max_steps} steps" if config.max_steps else f"{config.epochs} epochs"
+    model, run = methods.get(config.method), config.train
+    budget = (f"{run.max_steps} steps" if run.max_steps else
+              f"{run.epochs} epochs" if run.epochs else f"the paper's {model.paper_length}")
     settings = ", ".join(f"{key}={value}" for key, value in config.settings.items()) or "none"
     return (f"# Ablation study of {model.name} ({model.paper})\n\n"
-            f"- Data: {config.data}" + (f", category {config.category}" if config.category else "") + "\n"
+            f"- Data: {run.data}" + (f", category {run.category}" if run.category else "") + "\n"
             "- Protocol: each row trains on all training images (no validation split) and is tested in fp32 on "
             "the whole test set; Det. = image AUROC, Loc. = pixel AUROC / pixel AP, in percent.\n"
-            f"- Budget: {budget}, batch size {config.batch_size}, image size {config.image_size} px, "
-            f"seed {config.seed}, training precision {config.precision}, anomaly sources {config.source_colour}, "
-            f"recipe {config.recipe or default_recipe(config.max_steps, None)}, image-score window "
-            f"{config.score_window or 'as the recipe says'}; options set on every row: {settings}. "
+            f"- Budget: {budget}, batch size {run.batch_size}, image size {run.image_size} px, "
+            f"seed {run.seed}, training precision {run.precision}, anomaly sources {run.source_colour}, "
+            f"recipe {run.recipe or default_recipe(run.max_steps, None)}, image-score window "
+            f"{run.score_window or 'as the recipe says'}; options set on every row: {settings}. "
             "A row already trained in its folder is reused as it is (Steps: its own).\n"
-            f"- Anomaly sources: textures {config.anomaly_source or 'built in (procedural)'}, natural images "
+            f"- Anomaly sources: textures {run.anomaly_source or 'built in (procedural)'}, natural images "
             f"{config.natural_images or 'not given'}.\n"
             "- Paper Det. / Loc.: the paper's figures at its full budget over its whole benchmark, for reference.\n")

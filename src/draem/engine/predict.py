@@ -23,7 +23,7 @@ from draem.engine.inference import Predictor
 from draem.engine.run import load_model
 from draem.errors import DraemError
 from draem.files import atomic_open, output_folder, write_bytes
-from draem.report.overlay import map_to_png16, overlay, png_bytes, to_pil
+from draem.report.overlay import ColourScale, map_to_png16, overlay, png_bytes, to_pil
 
 log = logging.getLogger("draem")
 
@@ -141,7 +141,7 @@ def results_for_batch(predictor: Predictor, images: torch.Tensor, valid: torch.T
 
 
 def _write_outputs(out: Path, name: str, original: torch.Tensor, result: PredictionResult,
-                   map_format: str) -> dict[str, str]:
+                   map_format: str, scale: ColourScale) -> dict[str, str]:
     files = {"map": out / f"{name}_map.{map_format}", "overlay": out / f"{name}_overlay.png"}
     files["map"].parent.mkdir(parents=True, exist_ok=True)
     if map_format == "npy":
@@ -150,7 +150,7 @@ def _write_outputs(out: Path, name: str, original: torch.Tensor, result: Predict
         write_bytes(files["map"], buffer.getvalue())
     else:
         write_bytes(files["map"], png_bytes(map_to_png16(result.anomaly_map)))
-    write_bytes(files["overlay"], png_bytes(to_pil(overlay(original, result.anomaly_map))))
+    write_bytes(files["overlay"], png_bytes(to_pil(overlay(original, result.anomaly_map, scale))))
     if result.mask is not None:
         files["mask"] = out / f"{name}_mask.png"
         write_bytes(files["mask"], png_bytes(to_pil(result.mask.float())))
@@ -198,6 +198,7 @@ def predict(config: PredictConfig) -> tuple[int, int]:
 def _rows(loader: DataLoader, predictor: Predictor, images: Sequence[InputImage], out: Path,
           map_format: str) -> Iterator[dict]:
     empty = dict.fromkeys(COLUMNS, "") | {"backend": predictor.backend}
+    scale = ColourScale.of(predictor.loaded.info.thresholds)
     for batch in tqdm(loader, desc="predict", unit="batch", dynamic_ncols=True):
         for index, error in batch["failed"]:
             yield empty | {"path": str(images[index].path), "error": error}
@@ -205,7 +206,7 @@ def _rows(loader: DataLoader, predictor: Predictor, images: Sequence[InputImage]
             continue
         results = results_for_batch(predictor, batch["image"], batch["valid"], batch["placement"])
         for index, original, result in zip(batch["index"], batch["original"], results, strict=True):
-            files = _write_outputs(out, images[index].name, original, result, map_format)
+            files = _write_outputs(out, images[index].name, original, result, map_format, scale)
             normalized = result.normalized_score
             yield empty | files | {
                 "path": str(images[index].path), "score": round(result.score, 6),

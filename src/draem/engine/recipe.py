@@ -88,10 +88,11 @@ def fit_schedules(stages: list[Stage], counts: list[int], scale: float) -> None:
                                                                                          steps=steps)))
 
 
-def averaged_names(model: nn.Module) -> list[str]:
-    """The state entries a weight average follows: every parameter and the normalisation layers' running
-    statistics (other buffers, such as vector quantisers' codebooks, stay as trained)."""
-    names = [name for name, _ in model.named_parameters()]
+def averaged_names(model: nn.Module, stages: list[Stage]) -> list[str]:
+    """What to average: parameters an averaged stage's optimiser holds (not requires_grad) and BatchNorm statistics."""
+    trained = {id(p) for stage in stages if stage.averaged for optimizer in stage.optimizers.values()
+               for group in optimizer.param_groups for p in group["params"]}
+    names = [name for name, p in model.named_parameters() if id(p) in trained]
     for prefix, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
             names += [f"{prefix}.running_mean", f"{prefix}.running_var"]
@@ -101,10 +102,10 @@ def averaged_names(model: nn.Module) -> list[str]:
 class WeightAverage:
     """An exponential moving average of a model's weights over a horizon of steps."""
 
-    def __init__(self, model: nn.Module, horizon: float) -> None:
+    def __init__(self, model: nn.Module, stages: list[Stage], horizon: float) -> None:
         self.decay = 1 - 1 / max(horizon, 1.0)
         state = model.state_dict()
-        self.values = {name: state[name].detach().clone() for name in averaged_names(model)}
+        self.values = {name: state[name].detach().clone() for name in averaged_names(model, stages)}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

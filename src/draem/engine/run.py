@@ -15,10 +15,8 @@ from draem import methods
 from draem.errors import DraemError
 from draem.files import save_torch
 from draem.methods.base import AnomalyModel
+from draem.methods.weights import FIRST_MODEL_FORMAT, MODEL_FORMAT, check_state_dict, read_torch_file
 from draem.scoring import IMAGE_SCORE_WINDOW
-
-MODEL_FORMAT = "draem-model/2"
-FIRST_MODEL_FORMAT = "draem-model/1"
 
 
 @dataclass(frozen=True)
@@ -106,22 +104,6 @@ def save_model(path: Path, model: AnomalyModel, info: ModelInfo) -> None:
     save_torch(path, {"format": MODEL_FORMAT, "info": asdict(info), "state_dict": state})
 
 
-def check_state_dict(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path,
-                     what: str) -> None:
-    """Raise a one-line DraemError when `state` does not have exactly the expected keys and shapes."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        first = missing[0] if missing else unexpected[0]
-        kind = "missing" if missing else "unexpected"
-        raise DraemError(f"{path}: not a checkpoint of {what} "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected keys; {kind}: {first})")
-    for key, value in expected.items():
-        if state[key].shape != value.shape:
-            raise DraemError(f"{path}: weight {key} has shape {tuple(state[key].shape)}, "
-                             f"expected {tuple(value.shape)} for {what}")
-
-
 def build_model(method: str, options: dict[str, Any], path: Path) -> AnomalyModel:
     """A fresh model of a method with saved options; a one-line error when they are not valid."""
     cls = methods.get(method)
@@ -154,18 +136,6 @@ def _upgrade(payload: dict[str, Any]) -> dict[str, Any]:
     info = dict(payload["info"])
     widths = {"recon_width": info.pop("recon_width"), "seg_width": info.pop("seg_width")}
     return {**info, "method": "draem", "options": widths}
-
-
-def read_torch_file(path: Path) -> Any:
-    """torch.load with a one-line error for missing, truncated or foreign files."""
-    if not path.is_file():
-        raise DraemError(f"{path}: file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().split("\n")[0].split(". ")[0].rstrip(".") or type(exc).__name__
-        raise DraemError(f"{path}: cannot read checkpoint, the file is damaged or not a PyTorch file "
-                         f"({reason})") from exc
 
 
 def load_model(run_dir: str | Path) -> LoadedModel:

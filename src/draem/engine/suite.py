@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 
 from draem.data.catalog import find_datasets
+from draem.engine.config import TrainConfig
 from draem.engine.distributed import Cluster
 from draem.engine.evaluate import EvaluationConfig, evaluate
 from draem.engine.run import RunFiles
-from draem.engine.train import TrainConfig, train
+from draem.engine.train import train
 from draem.errors import DraemError
 from draem.files import write_text
 

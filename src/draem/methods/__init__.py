@@ -1,12 +1,19 @@
-"""The registry of anomaly-detection methods: each sub-folder is a method that registers itself on import."""
+"""The registry of anomaly-detection methods: each sub-folder is a method that registers itself on import, and
+installed packages add theirs through the `draem.methods` entry-point group."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import pkgutil
 
 from draem.errors import DraemError
 from draem.methods.base import AnomalyModel
+
+DEFAULT = "draem"
+"""The method a command uses when none is named."""
+ENTRY_POINT_GROUP = "draem.methods"
+REQUIRED_PRESETS = ("full", "demo")
 
 _REGISTRY: dict[str, type[AnomalyModel]] = {}
 
@@ -15,6 +22,11 @@ def register(cls: type[AnomalyModel]) -> type[AnomalyModel]:
     """Class decorator: make a method available under its `name`."""
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"method {cls.name!r} is registered twice")
+    missing = [name for name in ("paper", "headline", "Options", "paper_length", "presets", "loss_terms")
+               if not hasattr(cls, name)]
+    missing += [f"presets[{name!r}]" for name in REQUIRED_PRESETS if name not in getattr(cls, "presets", {})]
+    if missing:
+        raise ValueError(f"method {cls.name!r} does not declare {', '.join(missing)}")
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -23,6 +35,11 @@ def _discover() -> None:
     for module in pkgutil.iter_modules(__path__):
         if module.ispkg:
             importlib.import_module(f"{__name__}.{module.name}")
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()
+        except Exception as exc:
+            raise DraemError(f"method package {entry.value} (entry point {entry.name}) fails to load: {exc}") from exc
 
 
 def available() -> list[str]:
@@ -39,4 +56,12 @@ def get(name: str) -> type[AnomalyModel]:
     return _REGISTRY[name]
 
 
-__all__ = ["AnomalyModel", "available", "get", "register"]
+def preset_options(name: str, preset: str) -> dict:
+    """The option defaults of one of a method's named presets; a one-line error naming the known ones."""
+    presets = get(name).presets
+    if preset not in presets:
+        raise DraemError(f"--preset {preset}: method {name} has the presets {', '.join(presets)}")
+    return dict(presets[preset])
+
+
+__all__ = ["DEFAULT", "AnomalyModel", "available", "get", "preset_options", "register"]

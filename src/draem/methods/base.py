@@ -38,6 +38,10 @@ class Options:
             if hints[item.name] in (int, float) and not math.isfinite(value):
                 raise DraemError(f"{flag} {value}: must be a finite number")
 
+    def at_image_size(self, image_size: int) -> Options:
+        """These options for a run at `image_size` pixels, any setting that follows the size resolved (none here)."""
+        return self
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Options:
         """Rebuild saved options; unknown names are refused, missing ones take their defaults."""
@@ -90,20 +94,38 @@ class AblationRow:
     """How an ambiguous row was read, or why it is not run."""
 
 
+@dataclass(frozen=True)
+class PaperLength:
+    """How long the method's paper trains, in the paper's unit: epochs (passes over the images) or steps."""
+
+    amount: int
+    unit: str = "epochs"
+
+    def steps(self, steps_per_epoch: int) -> int:
+        """The paper's length in steps of a run with `steps_per_epoch` steps per pass over its images."""
+        return self.amount * steps_per_epoch if self.unit == "epochs" else self.amount
+
+    def __str__(self) -> str:
+        return f"{self.amount:,} {self.unit}"
+
+
 @dataclass
 class Stage:
-    """One training stage: the share of the steps it runs, what it trains and with which optimisers."""
+    """One training stage: the share of the steps it runs, what it trains and with which optimisers (a stage
+    without optimisers only collects, e.g. statistics or a memory bank)."""
 
     name: str
     fraction: float
     trainable: list[nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
     schedulers: list[torch.optim.lr_scheduler.LRScheduler] = field(default_factory=list)
+    averaged: bool = True
+    """Whether --average-weights averages what this stage's optimisers train (False: its last weights stay)."""
 
     @property
     def lr(self) -> float:
-        """The current learning rate of the stage's first optimiser."""
-        return next(iter(self.optimizers.values())).param_groups[0]["lr"]
+        """The current learning rate of the stage's first optimiser (0 for a stage without one)."""
+        return next(iter(self.optimizers.values())).param_groups[0]["lr"] if self.optimizers else 0.0
 
 
 def split_steps(total: int, fractions: list[float]) -> list[int]:
@@ -159,6 +181,10 @@ class AnomalyModel(nn.Module):
     paper: ClassVar[str]
     headline: ClassVar[str]
     Options: ClassVar[type[Options]]
+    paper_length: ClassVar[PaperLength]
+    """How long the paper trains; a run without --max-steps, --epochs or --time-budget trains as long."""
+    presets: ClassVar[dict[str, dict[str, Any]]]
+    """Named option defaults ('full': the paper's networks, 'demo': the built-in demo's, and any others)."""
     tiny_options: ClassVar[dict[str, Any]] = {}
     loss_terms: ClassVar[tuple[str, ...]]
     uses_anomaly_sources: ClassVar[bool] = False
@@ -192,6 +218,10 @@ class AnomalyModel(nn.Module):
     def training_step(self, batch: TrainBatch, stage: Stage, update: Update) -> dict[str, torch.Tensor]:
         """Train on one batch (calling `update` once per optimiser step); the named loss terms."""
         raise NotImplementedError
+
+    def finish_training(self, images: Iterable[torch.Tensor]) -> None:
+        """Called once after the last step, before calibration, with the training images in batches (fitted RGB
+        (B, 3, H, W) in [0, 1], no simulated anomalies): where a method finishes fitting. Nothing by default."""
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
         """Per-pixel anomaly scores (B, H, W) of fitted RGB images (B, 3, H, W) in [0, 1]."""

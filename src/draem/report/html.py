@@ -14,7 +14,7 @@ from draem.files import write_text
 from draem.metrics import f1_max
 from draem.report import plots
 from draem.report.content import Example, PixelCurve, ReportContent
-from draem.report.overlay import mask_outline, overlay, png_bytes, to_pil
+from draem.report.overlay import UNIT_SCALE, ColourScale, mask_outline, overlay, png_bytes, to_pil
 
 GOOD = "good"
 MAX_EXAMPLES = 8
@@ -141,7 +141,8 @@ def _thumbnail(image: torch.Tensor, size: int) -> torch.Tensor:
                                            align_corners=False)[0].clamp(0, 1)
 
 
-def example_tiles(example: Example, size: int = THUMBNAIL_SIZE) -> list[torch.Tensor | None]:
+def example_tiles(example: Example, scale: ColourScale = UNIT_SCALE, size: int = THUMBNAIL_SIZE
+                  ) -> list[torch.Tensor | None]:
     """RGB tiles: image, heatmap overlay, ground-truth outline, predicted mask (None without threshold)."""
     image = example.image.float()
     image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
@@ -155,7 +156,7 @@ def example_tiles(example: Example, size: int = THUMBNAIL_SIZE) -> list[torch.Te
     anomaly_map = example.anomaly_map.reshape(example.anomaly_map.shape[-2:]).float()
     anomaly_map = _thumbnail(anomaly_map[None], size)[0]
     truth = fitted_mask(example.ground_truth)
-    tiles: list[torch.Tensor | None] = [image, overlay(image, anomaly_map),
+    tiles: list[torch.Tensor | None] = [image, overlay(image, anomaly_map, scale),
                                         mask_outline(image, truth, TRUTH_COLOUR)]
     if example.predicted_mask is None:
         tiles.append(None)
@@ -176,9 +177,9 @@ def _short_path(path: str) -> str:
     return "/".join(parts[-2:]) if len(parts) > 1 else path
 
 
-def _example_html(index: int, example: Example) -> str:
+def _example_html(index: int, example: Example, scale: ColourScale) -> str:
     cells = []
-    for tile, label in zip(example_tiles(example), TILE_LABELS, strict=True):
+    for tile, label in zip(example_tiles(example, scale), TILE_LABELS, strict=True):
         if tile is None:
             cells.append('<div class="tile"><div class="empty">no threshold</div></div>')
         else:
@@ -363,7 +364,8 @@ def _score_plots(content: ReportContent, threshold: float | None, threshold_name
             + _figure("Scores per defect type", strip, "One dot per image, jittered vertically."))
 
 
-def _gallery(key: str, title: str, lead: str, examples: list[Example], total: int | None) -> str:
+def _gallery(key: str, title: str, lead: str, examples: list[Example], total: int | None,
+             scale: ColourScale) -> str:
     shown = examples[:MAX_EXAMPLES]
     which = "" if key == "true_detections" else " worst"
     count = "" if total is None else f" {total} at this threshold; {len(shown)}{which} shown."
@@ -374,7 +376,7 @@ def _gallery(key: str, title: str, lead: str, examples: list[Example], total: in
     else:
         head = "".join(f"<div>{escape(label)}</div>" for label in TILE_LABELS)
         body = (f'<div class="gallery-head"><div>file</div>{head}</div>'
-                + "".join(_example_html(index, example) for index, example in enumerate(shown, 1)))
+                + "".join(_example_html(index, example, scale) for index, example in enumerate(shown, 1)))
     return (f'<section id="{key.replace("_", "-")}"><h2>{escape(title)}</h2>'
             f'<p class="lead">{escape(lead)}{escape(count)}</p>{body}</section>')
 
@@ -397,7 +399,8 @@ def render_report(content: ReportContent) -> str:
     links = [("summary", "Summary"), ("metrics", "Metrics"), ("curves", "Curves"), ("scores", "Scores"),
              *((key.replace("_", "-"), title) for key, title, _ in GALLERIES)]
     nav = "".join(f'<a href="#{anchor}">{escape(name)}</a>' for anchor, name in links)
-    galleries = "".join(_gallery(key, title, lead, getattr(content, key), totals[key])
+    scale = ColourScale.of(content.thresholds)
+    galleries = "".join(_gallery(key, title, lead, getattr(content, key), totals[key], scale)
                         for key, title, lead in GALLERIES)
     pixel_threshold = content.thresholds.get("pixel")
     return (

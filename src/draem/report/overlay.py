@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,10 +25,41 @@ def heatmap(values: torch.Tensor) -> torch.Tensor:
     return torch.einsum("khw,kc->chw", weights, HEAT_ANCHORS)
 
 
-def overlay(image: torch.Tensor, anomaly_map: torch.Tensor, strength: float = 0.6) -> torch.Tensor:
-    """Blend the heatmap over an RGB image (3, H, W), more opaque where the map is high."""
-    opacity = strength * (0.35 + 0.65 * anomaly_map.float().clamp(0, 1))[None]
-    return (1 - opacity) * image.float() + opacity * heatmap(anomaly_map)
+@dataclass(frozen=True)
+class ColourScale:
+    """Where a method's map values fall on the heat ramp: `low` cold, `threshold` mid-ramp, `high` hot."""
+
+    low: float = 0.0
+    threshold: float = 0.5
+    high: float = 1.0
+
+    @classmethod
+    def of(cls, thresholds: dict[str, Any]) -> ColourScale:
+        """The scale of a calibrated run (its pixel threshold and the range of its calibration maps); [0, 1]
+        for an uncalibrated one."""
+        if not thresholds:
+            return cls()
+        low, cut, high = (float(thresholds[k]) for k in ("pixel_low", "pixel", "pixel_high"))
+        return cls(min(low, cut), cut, max(high, cut + 1e-6))
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        """Map values to [0, 1] piecewise linearly: low -> 0, threshold -> 0.5, high -> 1."""
+        values = values.float()
+        below = 0.5 * (values - self.low) / max(self.threshold - self.low, 1e-12)
+        above = 0.5 + 0.5 * (values - self.threshold) / max(self.high - self.threshold, 1e-12)
+        return torch.where(values < self.threshold, below, above).clamp(0, 1)
+
+
+UNIT_SCALE = ColourScale()
+"""The scale of maps that live in [0, 1] with the decision at 0.5 (DRAEM's softmax)."""
+
+
+def overlay(image: torch.Tensor, anomaly_map: torch.Tensor, scale: ColourScale = UNIT_SCALE,
+            strength: float = 0.6) -> torch.Tensor:
+    """Blend the heatmap of a map, coloured on `scale`, over an RGB image (3, H, W); more opaque where hot."""
+    heat = scale(anomaly_map)
+    opacity = strength * (0.35 + 0.65 * heat)[None]
+    return (1 - opacity) * image.float() + opacity * heatmap(heat)
 
 
 def mask_outline(image: torch.Tensor, mask: torch.Tensor, colour: tuple[float, float, float] = (1.0, 0.1, 0.1)

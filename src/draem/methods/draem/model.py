@@ -19,6 +19,7 @@ from draem.methods import register
 from draem.methods.base import (
     AnomalyModel,
     Options,
+    PaperLength,
     Stage,
     TrainBatch,
     Update,
@@ -108,6 +109,10 @@ class DraemModel(AnomalyModel):
     paper = "Zavrtanik, Kristan, Skočaj: DRAEM, ICCV 2021"
     headline = "MVTec AD image AUROC 98.0, pixel AUROC 97.3, pixel AP 68.4"
     Options = DraemOptions
+    paper_length = PaperLength(700, "epochs")
+    presets: ClassVar[dict[str, dict]] = {
+        "full": {}, "narrow": {"recon_width": 32, "seg_width": 16},
+        "demo": {"recon_width": 16, "seg_width": 16, "lr": 1e-3}}
     tiny_options: ClassVar[dict] = {"recon_width": 4, "seg_width": 4}
     loss_terms = ("l2", "ssim", "msgms", "focal", "total")
     uses_anomaly_sources = True

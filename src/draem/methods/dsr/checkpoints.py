@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from draem.engine.run import MODEL_FORMAT, check_state_dict, read_torch_file
 from draem.errors import DraemError
 from draem.methods.dsr.networks import DiscreteLatentModel
+from draem.methods.weights import MODEL_FORMAT, check_state_dict, read_torch_file
 
 GENERAL_PREFIXES = {"dsr-general": "vq.", "dsr": "networks.vq."}
 """Where each method's model.pt keeps the general model's weights."""

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from draem.engine.run import check_state_dict
 from draem.errors import DraemError
 from draem.methods import register
 from draem.methods.base import (
     AnomalyModel,
     Options,
+    PaperLength,
     Stage,
     TrainBatch,
     Update,
@@ -31,6 +31,7 @@ from draem.methods.base import (
 )
 from draem.methods.dsr.checkpoints import latent_sizes, read_state_dict
 from draem.methods.dsr.networks import DiscreteLatentModel, DsrConfig, Encoded
+from draem.methods.weights import check_state_dict
 from draem.scoring import mean_filter
 
 PAPER = ("Zavrtanik, Kristan, Skočaj: DSR, a dual subspace re-projection network for surface anomaly detection, "
@@ -135,6 +136,9 @@ class DsrGeneralModel(AnomalyModel):
     paper = PAPER
     headline = "DSR's general appearance model alone (stage 1), reused by `dsr --general-model`; no figures of its own"
     Options = DsrGeneralOptions
+    paper_length = PaperLength(200_000, "steps")
+    """The paper's 200k iterations on ImageNet (batch 32)."""
+    presets: ClassVar[dict[str, dict]] = {"full": {}, "demo": {"codes": 512, "code_width": 64, "hidden_width": 64}}
     tiny_options: ClassVar[dict] = {"codes": 16, "code_width": 8, "hidden_width": 8}
     loss_terms = (*GENERAL_TERMS, "total")
     size_multiple = 8
@@ -157,7 +161,7 @@ class DsrGeneralModel(AnomalyModel):
 
     def stages(self, total_steps: int) -> list[Stage]:
         optimizer = adam(general_parameters(self.vq), lr=self.options.lr)
-        return [Stage("general", 1.0, [self.vq], {"adam": optimizer})]
+        return [Stage("general", 1.0, [self.vq], {"adam": optimizer}, averaged=False)]  # see DsrModel.stages
 
     def training_step(self, batch: TrainBatch, stage: Stage, update: Update) -> dict[str, torch.Tensor]:
         return train_general(self.vq, self.code_ages, batch, batch.images, stage.optimizers["adam"], update,

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from draem.engine.run import check_state_dict
 from draem.errors import DraemError
 from draem.losses import focal_loss
 from draem.methods import register
 from draem.methods.base import (
     AnomalyModel,
+    PaperLength,
     Stage,
     TrainBatch,
     Update,
@@ -53,6 +53,7 @@ from draem.methods.dsr.general import (
     train_general,
 )
 from draem.methods.dsr.networks import UNET_WIDTH, DsrNetworks
+from draem.methods.weights import check_state_dict
 from draem.scoring import IMAGE_SCORE_WINDOW, image_score
 
 OBJECT_TERMS = ("feature_hi", "feature_lo", "object_l2", "focal")
@@ -117,6 +118,10 @@ class DsrModel(AnomalyModel):
     paper = PAPER
     headline = "MVTec AD image AUROC 98.2; KolektorSDD2 AP_det 87.2, AP_loc 61.4"
     Options = DsrOptions
+    paper_length = PaperLength(120_000, "steps")
+    """The paper's 100k iterations of the object-specific stage and 20k of the upsampling module."""
+    presets: ClassVar[dict[str, dict]] = {
+        "full": {}, "demo": {"codes": 512, "code_width": 64, "hidden_width": 64, "unet_width": 16}}
     tiny_options: ClassVar[dict] = {"codes": 16, "code_width": 8, "hidden_width": 8, "unet_width": 8}
     loss_terms = (*GENERAL_TERMS, *OBJECT_TERMS, "upsampling_focal", "total")
     size_multiple = 32
@@ -169,7 +174,8 @@ class DsrModel(AnomalyModel):
         stages = []
         if not options.general_model:
             general = adam(general_parameters(networks.vq), lr=options.general_lr)
-            stages.append(Stage("general", fractions[0], [networks.vq], {"adam": general}))
+            # Not averaged: an averaged encoder no longer matches the EMA codebooks (benchmarks/dsr_general_average.py).
+            stages.append(Stage("general", fractions[0], [networks.vq], {"adam": general}, averaged=False))
         trained = [networks.subspace_hi, networks.subspace_lo, networks.object_decoder, networks.anomaly_detection]
         joint = adam(itertools.chain(*(m.parameters() for m in trained)), lr=options.lr)
         stages.append(Stage("object", fractions[-2], trained, {"adam": joint},

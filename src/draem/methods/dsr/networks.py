@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from draem.engine import distributed
 from draem.layers import PooledEncoder
+from draem.methods import processes
 
 UNET_WIDTH = 64  # base width of the anomaly-detection and upsampling U-Nets, fixed in the authors' code
 OBJECT_LATENT = 64  # channels of the object-specific decoder's bottleneck, fixed in the authors' code
@@ -115,7 +115,7 @@ class VectorQuantizerEMA(nn.Module):
             statistics = torch.zeros(self._num_embeddings, 1 + self._embedding_dim, device=flat.device)
             statistics[:, 0] = torch.bincount(indices.flatten(), minlength=self._num_embeddings)
             statistics[:, 1:].index_add_(0, indices.flatten(), flat)
-            counts, sums = distributed.sum_over_processes(statistics).split([1, self._embedding_dim], dim=1)
+            counts, sums = processes.sum_over_processes(statistics).split([1, self._embedding_dim], dim=1)
             size = self._ema_cluster_size
             size.mul_(self._decay).add_(counts[:, 0], alpha=1.0 - self._decay)
             total = size.sum()
@@ -131,7 +131,7 @@ class VectorQuantizerEMA(nn.Module):
         self._embedding.weight[codes] = vectors
         self._ema_w[codes] = vectors
         self._ema_cluster_size[codes] = 1.0
-        distributed.share_first_process(self._embedding.weight, self._ema_w, self._ema_cluster_size)
+        processes.share_first_process(self._embedding.weight, self._ema_w, self._ema_cluster_size)
 
 
 # --------------------------------------------------------------------------------------------------------------------

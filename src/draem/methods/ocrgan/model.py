@@ -4,27 +4,29 @@ against a discriminator that also sees forged abnormal samples.
 The image is split into a low and a high band (one Laplacian-pyramid level); each band's U-Net reconstructs
 it and the reconstruction is the sum. The generator learns adversarially (BCE), by L1 reconstruction and by
 matching the discriminator's features of the image; the discriminator tells images from reconstructions and,
-by default, from forged samples (CutPaste and Cutout). Image score: 0.9 x the mean squared reconstruction
-error + 0.1 x the mean squared difference of the discriminator's features, both on the networks' [-1, 1]
-scale as the authors score; anomaly map: the per-pixel squared error, smoothed.
+by default, from forged samples (CutPaste and Cutout), and also minimises that feature L2 (the authors' err_d =
+real + fake + latent + forged, which the re-initialisation threshold watches). The default depth is the authors'
+log2 of the image size (8 at 256 px); the `compact` preset has 5 levels. Image score: 0.9 x the mean squared
+reconstruction error + 0.1 x the mean squared difference of the discriminator's features, both on the networks'
+[-1, 1] scale as the authors score; anomaly map: the per-pixel squared error, smoothed.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from draem.engine import distributed
 from draem.errors import DraemError
-from draem.methods import register
+from draem.methods import processes, register
 from draem.methods.base import (
     AnomalyModel,
     Options,
+    PaperLength,
     Stage,
     TrainBatch,
     Update,
@@ -45,7 +47,19 @@ PAPER = ("Liang, Zhang, Zhao, Wu, Liu, Pan: Omni-frequency Channel-selection Rep
          "Anomaly Detection, IEEE TIP 2023")
 BRANCHES = {"both": ("low", "high"), "low": ("low",), "high": ("high",)}
 """The bands each --bands value reconstructs, one U-Net each."""
-MAX_DEPTH = 10
+MIN_DEPTH, MAX_DEPTH = 3, 10
+PAPER_IMAGE_SIZE = 256
+"""The authors' image size on MVTec AD: the depth of a model built without a run's image size is the one for it."""
+COMPACT_DEPTH = 5
+"""The `compact` and `demo` presets' depth (this toolkit's default before issue 32)."""
+
+
+def deepest(image_size: int) -> int:
+    """The most halvings an image side allows (log2 of it for a power of two), within MIN_DEPTH and MAX_DEPTH."""
+    depth = MIN_DEPTH
+    while depth < MAX_DEPTH and image_size % 2 ** (depth + 1) == 0:
+        depth += 1
+    return depth
 
 
 @dataclass
@@ -54,8 +68,9 @@ class OcrGanOptions(Options):
     authors' code."""
 
     width: int = option(64, "base width of each band's U-Net (widths w, 2w, 4w, then 8w)")
-    depth: int = option(5, "halvings in each U-Net (the authors take log2 of the image size, down to 1x1: 8 at "
-                           "256 px); the image size must be a multiple of 2**depth")
+    depth: int = option(0, "halvings in each U-Net; 0: the deepest the image size allows, as the authors' log2 of "
+                           "it (8 at 256 px: 1x1 at the bottleneck and in the discriminator); the image size must "
+                           "be a multiple of 2**depth (the compact preset: 5)")
     disc_width: int = option(64, "base width of the discriminator (it halves the image depth - 2 times, doubling "
                                     "its width after the first)")
     bands: str = option("both", "frequency branches: both, or one alone (Table VI's ablation)", tuple(BRANCHES))
@@ -79,8 +94,8 @@ class OcrGanOptions(Options):
         super().validate()
         require_positive(width=self.width, disc_width=self.disc_width, cutout=self.cutout)
         require_positive_rate(lr=self.lr)
-        if not 3 <= self.depth <= MAX_DEPTH:
-            raise DraemError(f"--depth {self.depth}: must be between 3 and {MAX_DEPTH}")
+        if self.depth and not MIN_DEPTH <= self.depth <= MAX_DEPTH:
+            raise DraemError(f"--depth {self.depth}: must be 0 (the deepest) or between {MIN_DEPTH} and {MAX_DEPTH}")
         if not 0 <= self.beta1 < 1:
             raise DraemError(f"--beta1 {self.beta1}: must be in [0, 1)")
         for name in ("adversarial_weight", "reconstruction_weight", "feature_weight", "reinit_below"):
@@ -93,6 +108,10 @@ class OcrGanOptions(Options):
         if self.channel_selection and self.bands != "both":
             raise DraemError(f"--bands {self.bands}: channel selection weighs two branches; add "
                              "--no-channel-selection")
+
+    def at_image_size(self, image_size: int) -> OcrGanOptions:
+        """With --depth 0 resolved to the deepest the image size allows."""
+        return self if self.depth else replace(self, depth=deepest(image_size))
 
 
 def network_scale(images: torch.Tensor) -> torch.Tensor:
@@ -132,13 +151,16 @@ def generator_loss(fake_logits: torch.Tensor, fake_features: torch.Tensor, real_
     return terms
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
-                       forged_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """BCE of images as real, of reconstructions and (if given) forged samples as fake, and their sum."""
-    terms = {"d_real": _bce(real_logits, True), "d_reconstructed": _bce(fake_logits, False)}
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_features: torch.Tensor,
+                       fake_features: torch.Tensor, forged_logits: torch.Tensor | None = None,
+                       latent_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """BCE of images as real, of reconstructions and (if given) forged samples as fake, the unweighted L2 between the
+    features of images and reconstructions (`d_latent`, as the authors' err_d), and their weighted sum."""
+    terms = {"d_real": _bce(real_logits, True), "d_reconstructed": _bce(fake_logits, False),
+             "d_latent": F.mse_loss(fake_features, real_features)}
     if forged_logits is not None:
         terms["d_forged"] = _bce(forged_logits, False)
-    terms["discriminator"] = sum(terms.values())
+    terms["discriminator"] = sum(latent_weight * t if name == "d_latent" else t for name, t in terms.items())
     return terms
 
 
@@ -150,17 +172,24 @@ class OcrGanModel(AnomalyModel):
     paper = PAPER
     headline = "MVTec AD image AUROC 98.3 (96.9 without forged samples)"
     Options = OcrGanOptions
-    tiny_options: ClassVar[dict] = {"width": 4, "disc_width": 4}
-    loss_terms = ("adversarial", "reconstruction", "features", "generator", "d_real", "d_reconstructed", "d_forged",
-                  "discriminator", "total")
-    size_multiple = 32
-    """2**depth at the default depth; other depths are checked on the first pass."""
+    paper_length = PaperLength(200, "epochs")
+    """The authors' README trains 200 epochs (`--niter 200`, batch 32)."""
+    presets: ClassVar[dict[str, dict]] = {
+        "full": {}, "compact": {"depth": COMPACT_DEPTH},
+        "demo": {"width": 16, "disc_width": 16, "depth": COMPACT_DEPTH}}
+    """full: the authors' networks at the run's image size; compact: 5 levels (at 256 px a 29x29 discriminator map,
+    about 34M / 1M parameters against 111M / 48M) for demos and short budgets."""
+    tiny_options: ClassVar[dict] = {"width": 4, "disc_width": 4, "depth": COMPACT_DEPTH}
+    loss_terms = ("adversarial", "reconstruction", "features", "generator", "d_real", "d_reconstructed", "d_latent",
+                  "d_forged", "discriminator", "total")
+    size_multiple = 2**COMPACT_DEPTH
+    """So that every preset fits (--depth 0 takes at least 5 here); other depths are checked on the first pass."""
     report_note = ("The OCR-GAN paper reports image-level results only: the pixel metrics and maps here are this "
                    "toolkit's own (the per-pixel reconstruction error, smoothed).")
     ablation_rows = ABLATION_ROWS
 
     def __init__(self, options: OcrGanOptions | None = None) -> None:
-        options = options or OcrGanOptions()
+        options = (options or OcrGanOptions()).at_image_size(PAPER_IMAGE_SIZE)
         super().__init__(options)
         self.bands = BRANCHES[options.bands]
         self.generator = FrequencyGenerator(self.bands, options.width, options.depth, options.channel_selection)
@@ -205,9 +234,10 @@ class OcrGanModel(AnomalyModel):
         terms = generator_loss(fake_logits, fake_features, real_features.detach(), reconstruction, images, weights)
         update(terms["generator"], stage.optimizers["generator"])
         with batch.autocast():
-            reconstructed_logits = self.discriminate(reconstruction.detach(), memory_format)[0]
+            reconstructed_logits, reconstructed_features = self.discriminate(reconstruction.detach(), memory_format)
             forged_logits = None if forged is None else self.discriminate(forged.images, memory_format)[0]
-        terms |= discriminator_loss(real_logits, reconstructed_logits, forged_logits)
+        terms |= discriminator_loss(real_logits, reconstructed_logits, real_features, reconstructed_features,
+                                    forged_logits, options.feature_weight)
         update(terms["discriminator"], stage.optimizers["discriminator"])
         self.reinitialise_collapsed_discriminator(terms["discriminator"], batch.generator)
         terms["total"] = terms["generator"] + terms["discriminator"]
@@ -216,11 +246,11 @@ class OcrGanModel(AnomalyModel):
     def reinitialise_collapsed_discriminator(self, loss: torch.Tensor, generator: torch.Generator) -> bool:
         """Re-draw the discriminator's weights from `generator` when its loss, averaged over the processes, is below
         --reinit-below (as the authors); every process takes the first process's draw. True when it did."""
-        mean = distributed.sum_over_processes(loss.detach().float().clone()) / distributed.process_count()
+        mean = processes.sum_over_processes(loss.detach().float().clone()) / processes.process_count()
         if not float(mean) < self.options.reinit_below:
             return False
         self.discriminator.apply(functools.partial(init_weights, generator=generator))
-        distributed.share_first_process(*self.discriminator.parameters(), *self.discriminator.buffers())
+        processes.share_first_process(*self.discriminator.parameters(), *self.discriminator.buffers())
         log.info("discriminator loss %.2g below %g: discriminator re-initialised", float(mean),
                  self.options.reinit_below)
         return True

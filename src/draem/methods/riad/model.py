@@ -23,6 +23,7 @@ from draem.methods import register
 from draem.methods.base import (
     AnomalyModel,
     Options,
+    PaperLength,
     Stage,
     TrainBatch,
     Update,
@@ -137,6 +138,8 @@ class RiadModel(AnomalyModel):
     paper = "Zavrtanik, Kristan, Skočaj: Reconstruction by inpainting for visual anomaly detection, PR 2021"
     headline = "MVTec AD image AUROC 91.7, pixel AUROC 94.2"
     Options = RiadOptions
+    paper_length = PaperLength(300, "epochs")
+    presets: ClassVar[dict[str, dict]] = {"full": {}, "demo": {"width": 16, "lr": 1e-3}}
     tiny_options: ClassVar[dict] = {"width": 4}
     loss_terms = ("msgms", "ssim", "l2", "total")
     uses_anomaly_sources = False
