@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,16 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURES = SHARED / "fixtures" / "official-draem"
 MTD = SHARED / "data" / "mtd"
 DTD = SHARED / "data" / "dtd-subset" / "images"
+
+
+def chromium_executable() -> str:
+    """The OS's Chromium; under CI a missing browser fails the test, elsewhere it skips it."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing under CI (.ci/run installs Debian's chromium package)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return found
 
 
 def write_png(path: Path, array: np.ndarray) -> Path:

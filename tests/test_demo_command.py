@@ -37,3 +37,10 @@ def test_demo_trains_again_when_its_data_changed(tmp_path):
 def test_data_demo_command_writes_the_dataset(tmp_path, capsys):
     assert main(["data", "demo", "--out", str(tmp_path / "d"), "--image-size", "32"]) == 0
     assert (tmp_path / "d" / "fabric" / "train" / "good").is_dir()
+
+
+def test_the_demo_ends_with_the_command_that_serves_its_run(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "demo" / "runs" / "fabric"
+    monkeypatch.setattr("draem.engine.demo.run_demo", lambda config: [run / "report.html"])
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"draem serve --run {run}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import chromium_executable
 from PIL import Image
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
@@ -23,7 +23,6 @@ from draem.report.html import MAX_EXAMPLES, example_tiles, render_report, write_
 from draem.report.overlay import UNIT_SCALE, ColourScale, overlay
 
 SIZE = 32
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 DATA_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
 
 
@@ -221,9 +220,7 @@ def _console_errors(lines: list[str]) -> list[str]:
 
 
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
-    browser = next((found for name in BROWSERS if (found := shutil.which(name))), None)
-    if browser is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+    browser = chromium_executable()
     page = write_report(tmp_path / "report.html", make_content())
     dom, console = _render(browser, page, tmp_path / "profile")
     assert 'data-images-ok="true"' in dom

@@ -19,6 +19,7 @@ from draem.engine.devices import PRECISIONS
 from draem.engine.inference import BACKENDS
 from draem.engine.recipe import RECIPES
 from draem.errors import DraemError
+from draem.serve.commands import add_reviews, add_serve, run_reviews, run_serve
 
 log = logging.getLogger("draem")
 BACKEND_HELP = ("onnxruntime runs the run's model.onnx (exported on first use); onnxruntime-int8 its int8 "
@@ -322,6 +323,8 @@ def _run_demo(args: argparse.Namespace) -> None:
         config.kinds = tuple(args.kinds)
     reports = run_demo(config)
     print("\nreports:\n" + "\n".join(str(p) for p in reports))
+    print(f"\ninspect new images with the first run, then open http://127.0.0.1:8000/ in a browser:\n"
+          f"draem serve --run {reports[0].parent}")
 
 
 COMMANDS = {"demo": (_add_demo, _run_demo), "train": (_add_train, _run_train), "test": (_add_test, _run_test),
@@ -386,6 +389,8 @@ def _run_ablate(args: argparse.Namespace) -> None:
 
 
 COMMANDS["ablate"] = (_add_ablate, _run_ablate)
+COMMANDS["serve"] = (add_serve, run_serve)
+COMMANDS["reviews"] = (add_reviews, run_reviews)
 
 
 def _method_in(argv: Sequence[str]) -> str:

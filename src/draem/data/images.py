@@ -43,8 +43,9 @@ def _decode(path: Path) -> Image.Image:
     return image
 
 
-def _to_unit_array(image: Image.Image) -> np.ndarray:
-    """Pixel values as float32 in [0, 1], shape (H, W) or (H, W, C)."""
+def unit_array(image: Image.Image) -> np.ndarray:
+    """Pixel values of a decoded image as float32 in [0, 1], shape (H, W) or (H, W, C): 16-bit, float, grey, RGB;
+    other modes (RGBA, palette) as RGB."""
     if image.mode in _FULL_SCALE:
         return np.clip(np.asarray(image, dtype=np.float32) / _FULL_SCALE[image.mode], 0.0, 1.0)
     if image.mode == "F":
@@ -56,8 +57,11 @@ def _to_unit_array(image: Image.Image) -> np.ndarray:
 
 def read_image(path: str | Path) -> torch.Tensor:
     """Decode an image file (any mode, 8 or 16 bit) to a float32 RGB tensor (3, H, W) in [0, 1]."""
-    path = Path(path)
-    array = _to_unit_array(_decode(path))
+    return rgb_tensor(unit_array(_decode(Path(path))))
+
+
+def rgb_tensor(array: np.ndarray) -> torch.Tensor:
+    """A unit array (H, W) or (H, W, 3) as an RGB tensor (3, H, W), grey repeated over the channels."""
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
@@ -77,7 +81,7 @@ def unreadable_images(paths: list[Path]) -> list[str]:
 def read_mask(path: str | Path) -> torch.Tensor:
     """Decode a mask file to a float32 tensor (1, H, W) in [0, 1] (any non-grey mode is averaged)."""
     path = Path(path)
-    array = _to_unit_array(_decode(path))
+    array = unit_array(_decode(path))
     if array.ndim == 3:
         array = array.mean(axis=2)
     return torch.from_numpy(np.ascontiguousarray(array))[None]
