@@ -31,10 +31,9 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # predict's progress bars would garble the table
 
-import numpy as np
 import torch
-from PIL import Image
 from results import machine, write_study
+from speed import random_images
 
 from draem import methods
 from draem.engine.predict import PredictConfig, predict
@@ -52,16 +51,6 @@ def random_run(folder: Path, preset: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_model(folder / "model.pt", model, ModelInfo.of(model, SIZE, thresholds=THRESHOLDS))
     return folder
-
-
-def images(folder: Path, count: int) -> list[Path]:
-    """Distinct random 256 x 256 PNGs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    paths = [folder / f"{index:04d}.png" for index in range(count)]
-    for path in paths:
-        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(path)
-    return paths
 
 
 def free_port() -> int:
@@ -163,7 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="a trained run (default: a random DRAEM of --preset at 256 px)")
     parser.add_argument("--preset", default="narrow", help="DRAEM's size: full (128/64), narrow (32/16), demo")
-    parser.add_argument("--record", action="store_true", help="write the rows to docs/results/serve.json")
+    parser.add_argument("--record", action="store_true", help="write the rows to docs/results/serve-PRESET.json")
     parser.add_argument("--images", type=int, default=200, help="requests per client count (one image each)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--batch-size", type=int, default=8)
@@ -175,7 +164,7 @@ def main() -> None:
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="draem-serve-bench-"))
     run = Path(args.run) if args.run else random_run(work / "run", args.preset)
-    paths = images(work / "images", args.images)
+    paths = random_images(work / "images", args.images)
     payloads = [path.read_bytes() for path in paths]
     print(f"CPU: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"model: {run}{'' if args.run else f' (DRAEM {args.preset}, random weights)'}, {SIZE} px, "
@@ -192,7 +181,7 @@ def main() -> None:
     print(f"\n{'clients':>16} {'images/s':>9} {'x offline':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>7} "
           f"{'errors':>6} {'client CPU':>10} {'service CPU':>11} {'rows=acks':>9}")
     medians: dict[str, float] = {}
-    rows = []
+    table = []
     for label, clients, extra in [*((str(c), c, ()) for c in args.clients),
                                   ("1, webhook down", 1, ("--webhook", f"http://127.0.0.1:{free_port()}/down"))]:
         store = work / f"store-{len(medians)}"
@@ -217,7 +206,7 @@ def main() -> None:
         consistent = "yes" if rows == len(ids) == len(set(ids)) else f"no ({rows}/{len(ids)})"
         print(f"{label:>16} {rate:9.2f} {rate / offline_rate:9.2f} {p50:8.1f} {p99:8.1f} {p99 / p50:7.2f} "
               f"{result['errors']:6d} {result['client_cpu']:9.3f}c {service_cpu:10.2f}c {consistent:>9}")
-        rows.append({"clients": label, "images_per_s": rate, "offline_ratio": rate / offline_rate, "p50_ms": p50,
+        table.append({"clients": label, "images_per_s": rate, "offline_ratio": rate / offline_rate, "p50_ms": p50,
                      "p99_ms": p99, "errors": result["errors"], "client_cpu": result["client_cpu"],
                      "service_cpu": service_cpu, "rows_equal_acks": consistent,
                      "p50_over_offline_single": p50 / per_image_ms})
@@ -235,7 +224,7 @@ def main() -> None:
                    ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("p50_over_offline_single", "p50 / offline b1"),
                    ("errors", "errors"), ("client_cpu", "client CPU"), ("service_cpu", "service CPU"),
                    ("rows_equal_acks", "rows = acks")]
-        print(f"recorded in {write_study(f'serve-{args.preset}', 'draem serve', columns, rows, notes)}")
+        print(f"recorded in {write_study(f'serve-{args.preset}', 'draem serve', columns, table, notes)}")
 
 
 if __name__ == "__main__":

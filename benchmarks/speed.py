@@ -40,7 +40,6 @@ from draem.synthesis.simulator import simulate_anomalies
 from draem.synthesis.sources import procedural_textures
 
 SIZE = 256
-WIDTHS = {"full": (128, 64), "narrow": (32, 16)}
 CPU = torch.device("cpu")
 TORCH_MODES = {"fp32 eager NCHW": ("fp32", False), "fp32 channels-last": ("fp32", True),
                "bf16 channels-last": ("bf16", True)}
@@ -165,9 +164,10 @@ def make_run(folder: Path, model: AnomalyModel) -> Path:
 
 
 def networks_to_time(networks: list[str], others: list[str]) -> dict[str, tuple[type[AnomalyModel], object]]:
-    """Label -> (method, options): DRAEM at the asked widths, then the other asked methods at their defaults."""
-    chosen = {f"{name} {WIDTHS[name][0]}/{WIDTHS[name][1]}": (DraemModel, DraemOptions(*WIDTHS[name]))
-              for name in networks if name}
+    """Label -> (method, options): DRAEM at the asked presets, then the other asked methods at their defaults."""
+    sized = {name: DraemOptions(**DraemModel.presets[name]) for name in networks if name}
+    chosen = {f"{name} {options.recon_width}/{options.seg_width}": (DraemModel, options)
+              for name, options in sized.items()}
     for name in others:
         chosen[f"{name} defaults"] = (methods.get(name), methods.get(name).Options())
     return chosen
@@ -231,7 +231,7 @@ sys.exit(status)
 def peak_memory(work: Path) -> None:
     """Peak resident memory of `draem predict` on the full-size model, per batch size and precision."""
     torch.manual_seed(0)
-    run = make_run(work / "memory", DraemModel(DraemOptions(*WIDTHS["full"])))
+    run = make_run(work / "memory", DraemModel(DraemOptions(**DraemModel.presets["full"])))
     inputs = work / "inputs"
     random_images(inputs, 16)
     for precision in PRECISIONS:

@@ -21,7 +21,7 @@ from draem.engine.config import TrainConfig
 from draem.engine.run import load_model
 from draem.engine.train import train
 from draem.errors import DraemError
-from draem.methods.base import Stage, TrainBatch, Update
+from draem.methods.base import Stage, TrainBatch, Update, split_steps
 from draem.methods.dsr import DsrGeneralModel, DsrGeneralOptions, DsrModel, DsrOptions
 from draem.methods.dsr.anomalies import colour_smudges, latent_anomalies, latent_anomaly_masks, replacement_band
 from draem.methods.dsr.general import CodeAges
@@ -355,3 +355,13 @@ def test_two_gloo_processes_keep_one_codebook_that_of_one_process_with_the_doubl
     first, second = state("two", 0, 2), state("two", 1, 2)
     assert all(torch.equal(value, second[key]) for key, value in first.items())
     assert (first["code_ages.lo"] == 0).all() and (first["code_ages.hi"] == 0).all()
+
+
+def test_the_upsampling_share_sets_stage_3s_steps_after_the_general_model():
+    default = DsrModel(DsrOptions(**TINY_DSR)).stages(100)
+    assert [s.name for s in default] == ["general", "object", "upsampling"]
+    assert split_steps(100, [s.fraction for s in default]) == [30, 58, 12]  # 1/6 of the 70 after the general model
+    half = DsrModel(DsrOptions(**TINY_DSR, upsampling_share=0.5)).stages(100)
+    assert split_steps(100, [s.fraction for s in half]) == [30, 35, 35]
+    with pytest.raises(DraemError, match="--upsampling-share 1.0: must be in"):
+        DsrOptions(upsampling_share=1.0).validate()

@@ -60,8 +60,6 @@ OBJECT_TERMS = ("feature_hi", "feature_lo", "object_l2", "focal")
 """Stage 2's terms: the subspace modules' feature MSEs, the object decoder's image MSE (weighted by 10 in the
 total), the detection module's focal loss."""
 IMAGE_WEIGHT = 10.0
-UPSAMPLING_SHARE = 1 / 6
-"""Stage 3's share of the steps after the general model: 20k of the paper's 120k."""
 OFFICIAL_MODULES = {"vq": "vq", "subspace_hi": "subspace_hi", "subspace_lo": "subspace_lo",
                     "image_recon": "object_decoder", "anomaly_det": "anomaly_detection", "upsample": "upsampling"}
 """`import-official` file name -> the module of DsrNetworks it fills."""
@@ -82,6 +80,8 @@ class DsrOptions(LatentOptions):
                                           "authors' .pckl, trained on OpenCV images); the whole model then works "
                                           "in it", ("RGB", "BGR"))
     general_lr: float = option(2e-4, "Adam learning rate of the general model's own stage (constant)")
+    upsampling_share: float = option(1 / 6, "share of the steps after the general model that train the upsampling "
+                                            "module (the paper: 20k of 120k iterations)")
     unet_width: int = option(UNET_WIDTH, "base width of the anomaly detection and upsampling U-Nets (the authors': "
                                          "64)")
     lr: float = option(2e-4, "Adam learning rate of the object-specific stage (x0.1 at 80 % of it) and of the "
@@ -96,6 +96,8 @@ class DsrOptions(LatentOptions):
         require_positive_rate(general_lr=self.general_lr, lr=self.lr)
         if not 0 <= self.general_fraction < 1:
             raise DraemError(f"--general-fraction {self.general_fraction}: must be in [0, 1)")
+        if not 0 < self.upsampling_share < 1:
+            raise DraemError(f"--upsampling-share {self.upsampling_share}: must be in (0, 1)")
         if not 0 < self.strength_min <= 1:
             raise DraemError(f"--strength-min {self.strength_min}: must be in (0, 1]")
 
@@ -166,10 +168,11 @@ class DsrModel(AnomalyModel):
         options, networks = self.options, self.networks
         if options.general_model:
             load_general_model(networks.vq, Path(options.general_model), options.general_channels)
-            fractions = [1 - UPSAMPLING_SHARE, UPSAMPLING_SHARE]
+            fractions = [1 - options.upsampling_share, options.upsampling_share]
         else:
             rest = 1 - options.general_fraction
-            fractions = [options.general_fraction, rest * (1 - UPSAMPLING_SHARE), rest * UPSAMPLING_SHARE]
+            fractions = [options.general_fraction, rest * (1 - options.upsampling_share),
+                         rest * options.upsampling_share]
         object_steps, upsampling_steps = split_steps(total_steps, fractions)[-2:]
         stages = []
         if not options.general_model:
