@@ -28,8 +28,8 @@ from draem.engine.evaluate import EvaluationConfig, evaluate
 from draem.engine.run import RunFiles
 from draem.engine.sampling import training_images
 from draem.engine.train import finish, train
-from draem.methods.weights import read_torch_file
 from draem.scoring import IMAGE_SCORE_WINDOW
+from draem.weights import read_torch_file
 
 COLUMNS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
 PRESETS = {"draem": "narrow"}

@@ -64,6 +64,12 @@ def test_draem_keeps_its_700_epochs_and_dsr_counts_steps():
     assert PaperLength(5, "epochs").steps(10) == 50 and str(PaperLength(120_000, "steps")) == "120,000 steps"
 
 
+def test_epochs_left_unset_take_the_paper_length_and_zero_epochs_are_refused(category, tmp_path):
+    assert prepare(TrainConfig(data=str(category), out=str(tmp_path / "a")))[0].epochs is None
+    with pytest.raises(DraemError, match="--epochs 0: must be at least 1"):
+        prepare(TrainConfig(data=str(category), out=str(tmp_path / "b"), epochs=0))
+
+
 def test_a_preset_sets_option_defaults_and_flags_win(category, tmp_path):
     config, _ = prepare(TrainConfig(data=str(category), out=str(tmp_path / "a"), preset="narrow"))
     assert (config.options["recon_width"], config.options["seg_width"]) == (32, 16)

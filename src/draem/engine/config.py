@@ -98,8 +98,10 @@ def resumed_config(config: TrainConfig) -> TrainConfig:
 
 def check(config: TrainConfig, method: type[AnomalyModel]) -> None:
     """A one-line DraemError naming the flag of the first bad setting."""
-    positive = {"--epochs": config.epochs or 1, "--batch-size": config.batch_size,
-                "--image-size": config.image_size, "--checkpoint-every": config.checkpoint_every}
+    positive = {"--batch-size": config.batch_size, "--image-size": config.image_size,
+                "--checkpoint-every": config.checkpoint_every}
+    if config.epochs is not None:
+        positive["--epochs"] = config.epochs
     for flag, value in positive.items():
         if value < 1:
             raise DraemError(f"{flag} {value}: must be at least 1")

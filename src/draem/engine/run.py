@@ -15,8 +15,8 @@ from draem import methods
 from draem.errors import DraemError
 from draem.files import save_torch
 from draem.methods.base import AnomalyModel
-from draem.methods.weights import FIRST_MODEL_FORMAT, MODEL_FORMAT, check_state_dict, read_torch_file
 from draem.scoring import IMAGE_SCORE_WINDOW
+from draem.weights import FIRST_MODEL_FORMAT, MODEL_FORMAT, check_state_dict, read_torch_file
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ from draem.engine.sampling import (
 from draem.errors import DraemError
 from draem.files import save_torch, write_json
 from draem.methods.base import AnomalyModel, Stage, split_steps
-from draem.methods.weights import read_torch_file
 from draem.scoring import IMAGE_SCORE_WINDOW
+from draem.weights import read_torch_file
 
 log = logging.getLogger("draem")
 

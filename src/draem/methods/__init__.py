@@ -3,6 +3,7 @@ installed packages add theirs through the `draem.methods` entry-point group."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import pkgutil
@@ -31,7 +32,9 @@ def register(cls: type[AnomalyModel]) -> type[AnomalyModel]:
     return cls
 
 
+@functools.cache
 def _discover() -> None:
+    """Import the built-in methods and the installed packages' ones, once per process."""
     for module in pkgutil.iter_modules(__path__):
         if module.ispkg:
             importlib.import_module(f"{__name__}.{module.name}")

@@ -8,7 +8,7 @@ import torch
 
 from draem.errors import DraemError
 from draem.methods.draem.model import DraemModel, DraemOptions
-from draem.methods.weights import check_state_dict, read_torch_file
+from draem.weights import check_state_dict, read_torch_file
 
 RECON_FIRST = "encoder.block1.0.weight"
 SEG_FIRST = "encoder_segment.block1.0.weight"

@@ -8,7 +8,7 @@ import torch
 
 from draem.errors import DraemError
 from draem.methods.dsr.networks import DiscreteLatentModel
-from draem.methods.weights import MODEL_FORMAT, check_state_dict, read_torch_file
+from draem.weights import MODEL_FORMAT, check_state_dict, read_torch_file
 
 GENERAL_PREFIXES = {"dsr-general": "vq.", "dsr": "networks.vq."}
 """Where each method's model.pt keeps the general model's weights."""

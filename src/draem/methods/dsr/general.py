@@ -31,8 +31,8 @@ from draem.methods.base import (
 )
 from draem.methods.dsr.checkpoints import latent_sizes, read_state_dict
 from draem.methods.dsr.networks import DiscreteLatentModel, DsrConfig, Encoded
-from draem.methods.weights import check_state_dict
 from draem.scoring import mean_filter
+from draem.weights import check_state_dict
 
 PAPER = ("Zavrtanik, Kristan, Skočaj: DSR, a dual subspace re-projection network for surface anomaly detection, "
          "ECCV 2022")

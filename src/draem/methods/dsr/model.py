@@ -53,8 +53,8 @@ from draem.methods.dsr.general import (
     train_general,
 )
 from draem.methods.dsr.networks import UNET_WIDTH, DsrNetworks
-from draem.methods.weights import check_state_dict
 from draem.scoring import IMAGE_SCORE_WINDOW, image_score
+from draem.weights import check_state_dict
 
 OBJECT_TERMS = ("feature_hi", "feature_lo", "object_l2", "focal")
 """Stage 2's terms: the subspace modules' feature MSEs, the object decoder's image MSE (weighted by 10 in the

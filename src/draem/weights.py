@@ -1,4 +1,5 @@
-"""Weights on disk: the model-file format, reading torch files, and checking a state dict against a model."""
+"""Weights on disk, below the engine and the methods: the model-file format, reading torch files, and checking
+a state dict against a model."""
 
 from __future__ import annotations
 
