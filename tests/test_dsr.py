@@ -24,7 +24,7 @@ from draem.errors import DraemError
 from draem.methods.base import Stage, TrainBatch, Update, split_steps
 from draem.methods.dsr import DsrGeneralModel, DsrGeneralOptions, DsrModel, DsrOptions
 from draem.methods.dsr.anomalies import colour_smudges, latent_anomalies, latent_anomaly_masks, replacement_band
-from draem.methods.dsr.general import CodeAges
+from draem.methods.dsr.general import CodeAges, restart_picks
 from draem.methods.dsr.networks import VectorQuantizerEMA
 
 TINY = {"codes": 16, "code_width": 8, "hidden_width": 8}
@@ -266,6 +266,32 @@ def test_codes_unused_for_long_enough_restart_at_encoder_outputs_of_the_batch():
         assert vq.quantizer_lo._ema_cluster_size[code] == 1
 
 
+
+@pytest.mark.parametrize("to", ["random", "far"])
+def test_both_restart_modes_move_dead_codes_to_encoder_outputs(to):
+    torch.manual_seed(0)
+    vq = DsrGeneralModel(DsrGeneralOptions(**TINY)).vq.train()
+    ages = CodeAges(16)
+    ages.lo.fill_(4)
+    encoded = vq.encode(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    used = encoded.lo.indices.unique().tolist()
+    ages.restart_dead(vq, encoded, 5, torch.Generator().manual_seed(1), to)
+    outputs = encoded.features_lo.permute(0, 2, 3, 1).reshape(-1, 8)
+    for code in (code for code in range(16) if code not in used):
+        assert (outputs == vq.quantizer_lo.codebook[code]).all(dim=1).any()
+
+
+def test_far_restarts_pick_the_features_the_live_codes_represent_worst():
+    near = torch.randn(1000, 4) * 0.01
+    far = 5 + torch.randn(20, 4) * 0.01
+    features, live = torch.cat([near, far]), torch.zeros(1, 4)
+    picks = [restart_picks(features, live, 20, torch.Generator().manual_seed(seed), "far") for seed in range(3)]
+    uniform = restart_picks(features, live, 20, torch.Generator().manual_seed(0), "random")
+    assert all((p >= 1000).float().mean() > 0.9 for p in picks), "far picks come from the poorly represented region"
+    assert all(len(p.unique()) == 20 for p in picks), "without replacement"
+    assert (uniform >= 1000).float().mean() < 0.3
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The authors' files
 
@@ -355,6 +381,16 @@ def test_two_gloo_processes_keep_one_codebook_that_of_one_process_with_the_doubl
     first, second = state("two", 0, 2), state("two", 1, 2)
     assert all(torch.equal(value, second[key]) for key, value in first.items())
     assert (first["code_ages.lo"] == 0).all() and (first["code_ages.hi"] == 0).all()
+
+
+def test_stage_2_drops_its_rate_at_80_percent_and_stage_3_keeps_it_as_the_authors_code_runs(general_run, tmp_path):
+    folder, general = general_run
+    options = {**TINY_DSR, "upsampling_share": 0.5, "general_model": str(general / "model.pt")}
+    train(config(folder, tmp_path / "run", "dsr", options, 20, recipe="paper"))
+    rates = {stage: [float(row["lr"]) for row in rows(tmp_path / "run") if row["stage"] == stage]
+             for stage in ("object", "upsampling")}
+    assert rates["object"] == [2e-4] * 8 + [pytest.approx(2e-5)] * 2
+    assert rates["upsampling"] == [2e-4] * 10
 
 
 def test_the_upsampling_share_sets_stage_3s_steps_after_the_general_model():

@@ -36,6 +36,7 @@ from draem.weights import check_state_dict
 
 PAPER = ("Zavrtanik, Kristan, Skočaj: DSR, a dual subspace re-projection network for surface anomaly detection, "
          "ECCV 2022")
+RESTART_MODES = ("far", "random")
 GENERAL_TERMS = ("general_l2", "commitment", "perplexity_lo", "perplexity_hi")
 """Stage 1's logged terms: image MSE, both quantisers' commitment losses, and each codebook's perplexity (the
 effective number of codes used in the batch, a diagnostic)."""
@@ -52,6 +53,10 @@ class LatentOptions(Options):
     restart_after: int = option(100, "a code unused for this many training steps of the general model is reset to "
                                      "a random encoder output of the current batch (drawn from the step's seeded "
                                      "generator, so resumed runs repeat it); 0: never")
+    restart_to: str = option("far", "where a dead code restarts: `far`, at an encoder output of the batch drawn "
+                                    "with probability proportional to its squared distance from the nearest live "
+                                    "code, so new codes cover what the codebook represents worst; `random`, at one "
+                                    "drawn uniformly", RESTART_MODES)
 
     def validate(self) -> None:
         super().validate()
@@ -92,9 +97,10 @@ class CodeAges(nn.Module):
         self.register_buffer("hi", torch.zeros(codes, dtype=torch.long))
 
     @torch.no_grad()
-    def restart_dead(self, vq: DiscreteLatentModel, encoded: Encoded, after: int, generator: torch.Generator) -> None:
+    def restart_dead(self, vq: DiscreteLatentModel, encoded: Encoded, after: int, generator: torch.Generator,
+                     to: str = "far") -> None:
         """Age the codes by one step of a training-mode encoding (its counts cover every process) and restart
-        those unused for `after` steps."""
+        those unused for `after` steps at encoder outputs of the batch picked as `to` says."""
         levels = ((self.lo, vq.quantizer_lo, encoded.features_lo, encoded.lo.counts),
                   (self.hi, vq.quantizer_hi, encoded.features_hi, encoded.hi.counts))
         for ages, quantizer, features, counts in levels:
@@ -102,9 +108,21 @@ class CodeAges(nn.Module):
             dead = (ages >= after).nonzero().flatten()
             if len(dead):
                 flat = features.detach().float().permute(0, 2, 3, 1).reshape(-1, features.shape[1])
-                picks = torch.randint(len(flat), (len(dead),), generator=generator).to(flat.device)
-                quantizer.restart(dead, flat[picks])
+                live = (ages < after).nonzero().flatten()
+                quantizer.restart(dead, flat[restart_picks(flat, quantizer.codebook[live], len(dead), generator, to)])
                 ages[dead] = 0
+
+
+def restart_picks(features: torch.Tensor, live_codes: torch.Tensor, count: int, generator: torch.Generator,
+                  to: str) -> torch.Tensor:
+    """Indices of `count` rows of features (N, D) to restart dead codes at: uniform draws (`random`), or draws
+    without replacement weighted by the squared distance to the nearest live code (`far`, as k-means++ seeds)."""
+    if to == "random" or not len(live_codes):
+        return torch.randint(len(features), (count,), generator=generator).to(features.device)
+    nearest = torch.cdist(features, live_codes.float()).amin(dim=1).square()
+    weights = nearest.cpu() + 1e-12
+    return torch.multinomial(weights, min(count, len(features)), replacement=count > len(features),
+                             generator=generator).to(features.device)
 
 
 def general_parameters(vq: DiscreteLatentModel) -> list[nn.Parameter]:
@@ -113,7 +131,8 @@ def general_parameters(vq: DiscreteLatentModel) -> list[nn.Parameter]:
 
 
 def train_general(vq: DiscreteLatentModel, ages: CodeAges, batch: TrainBatch, images: torch.Tensor,
-                  optimizer: torch.optim.Optimizer, update: Update, restart_after: int) -> dict[str, torch.Tensor]:
+                  optimizer: torch.optim.Optimizer, update: Update, restart_after: int,
+                  restart_to: str = "far") -> dict[str, torch.Tensor]:
     """One step of the general model on images in [0, 1]: image MSE plus both commitment losses; then restarts."""
     with batch.autocast():
         encoded = vq.encode(images.contiguous(memory_format=batch.memory_format))
@@ -123,7 +142,7 @@ def train_general(vq: DiscreteLatentModel, ages: CodeAges, batch: TrainBatch, im
     total = terms["general_l2"] + terms["commitment"]
     update(total, optimizer)
     if restart_after:
-        ages.restart_dead(vq, encoded, restart_after, batch.generator)
+        ages.restart_dead(vq, encoded, restart_after, batch.generator, restart_to)
     terms |= {"perplexity_lo": encoded.lo.perplexity, "perplexity_hi": encoded.hi.perplexity, "total": total}
     return {name: value.detach().float() for name, value in terms.items()}
 
@@ -165,7 +184,7 @@ class DsrGeneralModel(AnomalyModel):
 
     def training_step(self, batch: TrainBatch, stage: Stage, update: Update) -> dict[str, torch.Tensor]:
         return train_general(self.vq, self.code_ages, batch, batch.images, stage.optimizers["adam"], update,
-                             self.options.restart_after)
+                             self.options.restart_after, self.options.restart_to)
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
         reconstruction = self.vq(images).image.float()

@@ -85,7 +85,7 @@ class DsrOptions(LatentOptions):
     unet_width: int = option(UNET_WIDTH, "base width of the anomaly detection and upsampling U-Nets (the authors': "
                                          "64)")
     lr: float = option(2e-4, "Adam learning rate of the object-specific stage (x0.1 at 80 % of it) and of the "
-                             "upsampling stage (x0.2 at 80 % and 90 % of it)")
+                             "upsampling stage (constant, as the authors' code runs)")
     strength_min: float = option(0.2, "least strength s of a latent anomaly, drawn per image from U[s_min, 1]: a "
                                       "masked feature takes one of its int(s K) + 1 nearest codes, not the "
                                       "nearest 5 %")
@@ -173,7 +173,7 @@ class DsrModel(AnomalyModel):
             rest = 1 - options.general_fraction
             fractions = [options.general_fraction, rest * (1 - options.upsampling_share),
                          rest * options.upsampling_share]
-        object_steps, upsampling_steps = split_steps(total_steps, fractions)[-2:]
+        object_steps = split_steps(total_steps, fractions)[-2]
         stages = []
         if not options.general_model:
             general = adam(general_parameters(networks.vq), lr=options.general_lr)
@@ -183,9 +183,10 @@ class DsrModel(AnomalyModel):
         joint = adam(itertools.chain(*(m.parameters() for m in trained)), lr=options.lr)
         stages.append(Stage("object", fractions[-2], trained, {"adam": joint},
                             [multistep(joint, object_steps, (0.8,), 0.1)]))
+        # A constant rate, as the authors' code runs: its x0.2 milestones at 80 % and 90 % of the epochs it is given
+        # lie beyond the half of them that it trains.
         upsampling = adam(networks.upsampling.parameters(), lr=options.lr)
-        stages.append(Stage("upsampling", fractions[-1], [networks.upsampling], {"adam": upsampling},
-                            [multistep(upsampling, upsampling_steps, (0.8, 0.9), 0.2)]))
+        stages.append(Stage("upsampling", fractions[-1], [networks.upsampling], {"adam": upsampling}))
         return stages
 
     def _ordered(self, images: torch.Tensor) -> torch.Tensor:
@@ -197,7 +198,7 @@ class DsrModel(AnomalyModel):
         optimizer = stage.optimizers["adam"]
         if stage.name == "general":
             return train_general(self.networks.vq, self.code_ages, batch, images, optimizer, update,
-                                 self.options.restart_after)
+                                 self.options.restart_after, self.options.restart_to)
         step = self._object_terms if stage.name == "object" else self._upsampling_terms
         terms = step(batch, images)
         update(terms["total"], optimizer)
