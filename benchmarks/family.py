@@ -31,6 +31,7 @@ from draem.engine.run import RunFiles
 from draem.engine.train import train
 
 COLUMNS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
+PRECISIONS = {"auto": "bf16 where the CPU has it natively, else fp32", "fp32": "fp32"}
 LATENT_MTD = {"codes": 1024, "code_width": 64, "hidden_width": 64}
 SETTINGS = {
     "mtd": {"size": 256, "steps": 1000, "general_steps": 2000, "precision": "auto", "validation_fraction": 0.0,
@@ -130,7 +131,7 @@ def main() -> None:
     if args.record:
         kinds = " / ".join(sorted(metrics["defect_types"]))
         notes = (f"{name}: {steps} steps of batch 8 at {setting['size']} px, recipe {args.recipe}, seed "
-                 f"{args.seed}, training precision {setting['precision']} (bf16 where native), fp32 tests; sizes "
+                 f"{args.seed}, training in {PRECISIONS[setting['precision']]}, fp32 tests; sizes "
                  f"as in benchmarks/family.py; DSR's general model {general_steps} steps on {args.textures}. "
                  f"Fractions. Image AUROC per defect type: {kinds}.")
         columns = [("run", "run"), *((c, c.replace("_", " ")) for c in COLUMNS), ("types", "image AUROC by type"),
