@@ -393,6 +393,24 @@ def test_stage_2_drops_its_rate_at_80_percent_and_stage_3_keeps_it_as_the_author
     assert rates["upsampling"] == [2e-4] * 10
 
 
+def detector_inputs(hi_codes: str) -> torch.Tensor:
+    """The general decoder's images that stage 2's detection module sees on one batch (fixed seeds)."""
+    torch.manual_seed(0)
+    model = DsrModel(DsrOptions(**TINY_DSR, lo_only_hi_codes=hi_codes))
+    model.networks.vq.eval()  # frozen in stage 2, as training leaves it
+    seen = []
+    model.networks.anomaly_detection.register_forward_hook(lambda module, args, out: seen.append(args[1]))
+    images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    model._object_terms(TrainBatch(images, None, torch.Generator().manual_seed(2), 0), images)
+    return seen[0]
+
+
+def test_re_encoded_hi_codes_change_only_some_images_of_the_lo_only_anomalies():
+    kept, re_encoded = detector_inputs("kept"), detector_inputs("re-encoded")
+    same = [torch.equal(a, b) for a, b in zip(kept, re_encoded, strict=True)]
+    assert 0 < sum(same) < len(same), "lo-only images change; images with both or hi-only anomalies do not"
+
+
 def test_the_upsampling_share_sets_stage_3s_steps_after_the_general_model():
     default = DsrModel(DsrOptions(**TINY_DSR)).stages(100)
     assert [s.name for s in default] == ["general", "object", "upsampling"]

@@ -86,6 +86,10 @@ class DsrOptions(LatentOptions):
                                          "64)")
     lr: float = option(2e-4, "Adam learning rate of the object-specific stage (x0.1 at 80 % of it) and of the "
                              "upsampling stage (constant, as the authors' code runs)")
+    lo_only_hi_codes: str = option("kept", "for latent anomalies on the 1/8-resolution codes alone, the 1/4 codes: "
+                                           "`kept` from the clean image (the authors'), or `re-encoded` from the "
+                                           "anomalous 1/8 codes so that the general decoder's image shows them",
+                                   ("kept", "re-encoded"))
     strength_min: float = option(0.2, "least strength s of a latent anomaly, drawn per image from U[s_min, 1]: a "
                                       "masked feature takes one of its int(s K) + 1 nearest codes, not the "
                                       "nearest 5 %")
@@ -231,6 +235,8 @@ class DsrModel(AnomalyModel):
                                          strength_hi, generator)
             alone = latent_anomalies(features_hi, quantized_hi, vq.quantizer_hi, mask_hi * on_hi_only, strength_hi,
                                      generator)
+            if self.options.lo_only_hi_codes == "re-encoded":
+                alone = torch.where(on_lo > 0, quantized_hi_both, alone)
             anomalous_hi = torch.where(on_both > 0, with_both, alone)
             general_image = vq.decode(anomalous_lo, anomalous_hi)
         size = images.shape[-2:]
