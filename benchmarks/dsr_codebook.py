@@ -14,6 +14,7 @@ fabric on each (as benchmarks/family.py's fabric setting). Per codebook level (l
   anomaly is through the general decoder: mean |change| of the decoded image inside the mask, outside it, and the
   share of anomalies whose mean change inside is under 1 % of the intensity range (invisible, yet labelled
   anomalous).
+`--measure RUN FOLDER` only measures an existing general model on a folder of images (e.g. a product's own).
 """
 
 from __future__ import annotations
@@ -92,16 +93,42 @@ def level_health(vq: DiscreteLatentModel, images: torch.Tensor, level: str, seed
             "reconstruction_error": reconstruction_error}
 
 
+def measure(run: Path, folder: Path, size: int, count: int, seed: int, record: bool) -> None:
+    """The health rows of an existing general model (a `dsr-general` run) on up to `count` images of a folder,
+    spread evenly over it, at `size` px."""
+    paths = list_images(folder)
+    paths = paths[::max(1, len(paths) // count)][:count]
+    images = torch.stack([fit_to_square(read_image(path), size, "resize")[0] for path in paths])
+    vq = load_model(run).model.vq.eval()
+    rows = [{"run": level, **level_health(vq, images, level, seed)} for level in ("lo", "hi")]
+    for row in rows:
+        print(json.dumps(row))
+    if record:
+        keys = ("codes_used", "perplexity", "near_duplicates", "replacements_unused", "replacements_within_error",
+                "change_inside", "change_outside", "invisible", "reconstruction_error")
+        notes = f"General model {run}, measured on {len(paths)} images of {folder} at {size} px, seed {seed}."
+        print(write_study(f"dsr-codebook-{folder.parent.parent.name}", "DSR's codebook health",
+                          [("run", "codebook"), *((key, key.replace("_", " ")) for key in keys)], rows, notes))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--textures", required=True)
+    parser.add_argument("--out", type=Path, help="where the fabric, general models and DSR runs go")
+    parser.add_argument("--textures", help="images the general models train on (the DTD subset)")
+    parser.add_argument("--measure", nargs=2, type=Path, metavar=("RUN", "FOLDER"),
+                        help="only measure an existing dsr-general run on a folder of images (no training)")
+    parser.add_argument("--size", type=int, default=256, help="image size for --measure")
+    parser.add_argument("--count", type=int, default=40, help="images measured with --measure")
     parser.add_argument("--restarts", nargs="+", default=["random", "far"], choices=("random", "far"))
     parser.add_argument("--general-steps", type=int, default=400)
     parser.add_argument("--steps", type=int, default=400, help="DSR's steps on the fabric")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
+    if args.measure:
+        return measure(*args.measure, args.size, args.count, args.seed, args.record)
+    if args.out is None or args.textures is None:
+        parser.error("--out and --textures are required unless --measure is given")
     data = generate_demo_dataset(args.out / "data", seed=0, kinds=["fabric"], image_size=SIZE)
     paths = list_images(data / "fabric" / "train" / "good")
     images = torch.stack([fit_to_square(read_image(path), SIZE, "resize")[0] for path in paths])
