@@ -290,6 +290,8 @@ def test_far_restarts_pick_the_features_the_live_codes_represent_worst():
     assert all((p >= 1000).float().mean() > 0.9 for p in picks), "far picks come from the poorly represented region"
     assert all(len(p.unique()) == 20 for p in picks), "without replacement"
     assert (uniform >= 1000).float().mean() < 0.3
+    more = restart_picks(far[:3], live, 5, torch.Generator().manual_seed(0), "far")
+    assert len(more) == 5 and more.max() < 3, "more dead codes than features: drawn with replacement"
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -121,8 +121,7 @@ def restart_picks(features: torch.Tensor, live_codes: torch.Tensor, count: int, 
         return torch.randint(len(features), (count,), generator=generator).to(features.device)
     nearest = torch.cdist(features, live_codes.float()).amin(dim=1).square()
     weights = nearest.cpu() + 1e-12
-    return torch.multinomial(weights, min(count, len(features)), replacement=count > len(features),
-                             generator=generator).to(features.device)
+    return torch.multinomial(weights, count, replacement=count > len(features), generator=generator).to(features.device)
 
 
 def general_parameters(vq: DiscreteLatentModel) -> list[nn.Parameter]:
