@@ -51,8 +51,8 @@ class LatentOptions(Options):
     code_width: int = option(128, "width of each code (the paper: 128)")
     hidden_width: int = option(128, "channels of the encoders and the general decoder (their residual blocks: half)")
     restart_after: int = option(100, "a code unused for this many training steps of the general model is reset to "
-                                     "a random encoder output of the current batch (drawn from the step's seeded "
-                                     "generator, so resumed runs repeat it); 0: never")
+                                     "an encoder output of the current batch, drawn as --restart-to says from the "
+                                     "step's seeded generator (so resumed runs repeat it); 0: never")
     restart_to: str = option("far", "where a dead code restarts: `far`, at an encoder output of the batch drawn "
                                     "with probability proportional to its squared distance from the nearest live "
                                     "code, so new codes cover what the codebook represents worst; `random`, at one "
