@@ -24,12 +24,12 @@ import json
 from pathlib import Path
 
 import torch
+from family import COLUMNS, tested
 from results import write_study
 
 from draem.data.demo import generate_demo_dataset
 from draem.data.images import fit_to_square, list_images, read_image
 from draem.engine.config import TrainConfig
-from draem.engine.evaluate import EvaluationConfig, evaluate
 from draem.engine.run import RunFiles, load_model
 from draem.engine.train import train
 from draem.methods.dsr.anomalies import latent_anomalies, latent_anomaly_masks, pool_mask, unpool_mask
@@ -38,7 +38,9 @@ from draem.methods.dsr.networks import DiscreteLatentModel, VectorQuantizerEMA
 SIZE = 96
 INVISIBLE = 0.01
 """A latent anomaly whose decoded image changes by less than this inside its mask (mean |change|) is invisible."""
-COLUMNS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
+HEALTH = ("codes_used", "perplexity", "near_duplicates", "replacements_unused", "replacements_within_error",
+          "change_inside", "change_outside", "invisible")
+"""The figures of one codebook level that the tables show."""
 
 
 def usage(quantizer: VectorQuantizerEMA, features: torch.Tensor) -> tuple[torch.Tensor, float, float]:
@@ -104,8 +106,7 @@ def measure(run: Path, folder: Path, size: int, count: int, seed: int, record: b
     for row in rows:
         print(json.dumps(row))
     if record:
-        keys = ("codes_used", "perplexity", "near_duplicates", "replacements_unused", "replacements_within_error",
-                "change_inside", "change_outside", "invisible", "reconstruction_error")
+        keys = (*HEALTH, "reconstruction_error")
         notes = f"General model {run}, measured on {len(paths)} images of {folder} at {size} px, seed {seed}."
         print(write_study(f"dsr-codebook-{folder.parent.parent.name}", "DSR's codebook health",
                           [("run", "codebook"), *((key, key.replace("_", " ")) for key in keys)], rows, notes))
@@ -143,22 +144,17 @@ def main() -> None:
         vq = load_model(general).model.vq.eval()
         health = {level: level_health(vq, images, level, args.seed) for level in ("lo", "hi")}
         run = args.out / f"dsr-{mode}-s{args.seed}"
-        if not RunFiles(run).metrics.exists():
-            if not RunFiles(run).model.exists():
-                train(TrainConfig(data=str(data), category="fabric", out=str(run), method="dsr", preset="demo",
-                                  options={"general_model": str(RunFiles(general).model.absolute())},
-                                  image_size=SIZE, batch_size=8, max_steps=args.steps, recipe="paper",
-                                  precision="fp32", score_window=5, seed=args.seed, resume=True))
-            evaluate(EvaluationConfig(run=str(run), data=str(data), category="fabric", precision="fp32"))
-        metrics = json.loads(RunFiles(run).metrics.read_text())["overall"]
+        metrics = tested(TrainConfig(data=str(data), category="fabric", out=str(run), method="dsr", preset="demo",
+                                     options={"general_model": str(RunFiles(general).model.absolute())},
+                                     image_size=SIZE, batch_size=8, max_steps=args.steps, recipe="paper",
+                                     precision="fp32", score_window=5, seed=args.seed, resume=True),
+                         str(data), "fabric")["overall"]
         for level, figures in health.items():
             rows.append({"run": f"restart {mode}, {level}", **figures,
                          **({c: metrics[c] for c in COLUMNS} if level == "lo" else {})})
             print(json.dumps(rows[-1]), flush=True)
     if args.record:
-        keys = ("codes_used", "perplexity", "near_duplicates", "replacements_unused", "replacements_within_error",
-                "change_inside", "change_outside", "invisible", *COLUMNS)
-        columns = [("run", "run"), *((key, key.replace("_", " ")) for key in keys)]
+        columns = [("run", "run"), *((key, key.replace("_", " ")) for key in (*HEALTH, *COLUMNS))]
         notes = (f"General model: demo preset (512 codes of width 64), {args.general_steps} steps of batch 8 at "
                  f"{SIZE} px on {args.textures}, seed {args.seed}; health measured on the demo fabric's "
                  f"{len(paths)} training images; DSR: {args.steps} steps on the fabric, paper recipe, demo preset, "
