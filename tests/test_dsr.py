@@ -23,7 +23,13 @@ from draem.engine.train import train
 from draem.errors import DraemError
 from draem.methods.base import Stage, TrainBatch, Update, split_steps
 from draem.methods.dsr import DsrGeneralModel, DsrGeneralOptions, DsrModel, DsrOptions
-from draem.methods.dsr.anomalies import colour_smudges, latent_anomalies, latent_anomaly_masks, replacement_band
+from draem.methods.dsr.anomalies import (
+    colour_smudges,
+    latent_anomalies,
+    latent_anomaly_masks,
+    pool_mask,
+    replacement_band,
+)
 from draem.methods.dsr.general import CodeAges, restart_picks
 from draem.methods.dsr.networks import VectorQuantizerEMA
 
@@ -400,11 +406,8 @@ def detector_inputs(hi_codes: str) -> torch.Tensor:
     torch.manual_seed(0)
     model = DsrModel(DsrOptions(**TINY_DSR, lo_only_hi_codes=hi_codes))
     model.networks.vq.eval()  # frozen in stage 2, as training leaves it
-    seen = []
-    model.networks.anomaly_detection.register_forward_hook(lambda module, args, out: seen.append(args[1]))
     images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    model._object_terms(TrainBatch(images, None, torch.Generator().manual_seed(2), 0), images)
-    return seen[0]
+    return model.simulate_latent(TrainBatch(images, None, torch.Generator().manual_seed(2), 0), images).general_image
 
 
 def test_re_encoded_hi_codes_change_only_some_images_of_the_lo_only_anomalies():
@@ -421,3 +424,16 @@ def test_the_upsampling_share_sets_stage_3s_steps_after_the_general_model():
     assert split_steps(100, [s.fraction for s in half]) == [30, 35, 35]
     with pytest.raises(DraemError, match="--upsampling-share 1.0: must be in"):
         DsrOptions(upsampling_share=1.0).validate()
+
+
+def test_latent_anomalies_replace_codes_only_under_their_target():
+    torch.manual_seed(0)
+    model = DsrModel(DsrOptions(**TINY_DSR))
+    model.networks.vq.eval()
+    images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    sample = model.simulate_latent(TrainBatch(images, None, torch.Generator().manual_seed(2), 0), images)
+    changed_lo = (sample.anomalous_lo != sample.quantized_lo).any(dim=1, keepdim=True).float()
+    outside = changed_lo * (1 - pool_mask(sample.target, changed_lo.shape[-2:]))
+    assert changed_lo.sum() > 0 and outside.sum() == 0, "lo codes change, and only under the target"
+    anomalous = sample.target.flatten(1).amax(dim=1) > 0
+    assert 0 < anomalous.sum() < len(images), "some images are anomalous, some clean"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +106,19 @@ class DsrOptions(LatentOptions):
             raise DraemError(f"--strength-min {self.strength_min}: must be in (0, 1]")
 
 
+class LatentAnomalies(NamedTuple):
+    """Stage 2's sample: the (possibly rotated) images, their codes, the codes with anomalies, the general
+    decoder's image of those, and the anomaly target (B, 1, H, W): the replaced positions at image size."""
+
+    images: torch.Tensor
+    quantized_lo: torch.Tensor
+    quantized_hi: torch.Tensor
+    anomalous_lo: torch.Tensor
+    anomalous_hi: torch.Tensor
+    general_image: torch.Tensor
+    target: torch.Tensor
+
+
 def authors_init(module: nn.Module) -> None:
     """The authors' initialisation of the object decoder and the detection module: conv weights ~ N(0, 0.02)."""
     if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
@@ -193,12 +206,12 @@ class DsrModel(AnomalyModel):
         stages.append(Stage("upsampling", fractions[-1], [networks.upsampling], {"adam": upsampling}))
         return stages
 
-    def _ordered(self, images: torch.Tensor) -> torch.Tensor:
+    def in_general_order(self, images: torch.Tensor) -> torch.Tensor:
         """RGB images in the general model's channel order."""
         return images[:, [2, 1, 0]] if self.options.general_channels == "BGR" else images
 
     def training_step(self, batch: TrainBatch, stage: Stage, update: Update) -> dict[str, torch.Tensor]:
-        images = self._ordered(batch.images)
+        images = self.in_general_order(batch.images)
         optimizer = stage.optimizers["adam"]
         if stage.name == "general":
             return train_general(self.networks.vq, self.code_ages, batch, images, optimizer, update,
@@ -208,9 +221,9 @@ class DsrModel(AnomalyModel):
         update(terms["total"], optimizer)
         return {name: value.detach() for name, value in terms.items()}
 
-    def _object_terms(self, batch: TrainBatch, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Stage 2: restore latent anomalies to normal codes, decode them, and find them in the image."""
-        networks, vq, generator = self.networks, self.networks.vq, batch.generator
+    def simulate_latent(self, batch: TrainBatch, images: torch.Tensor) -> LatentAnomalies:
+        """Stage 2's sample: codes of `images` (in the general model's order) with latent anomalies under masks."""
+        vq, generator = self.networks.vq, batch.generator
         images, mask = latent_anomaly_masks(images, generator)
         count = len(images)
         strength_lo = _uniform(count, self.options.strength_min, generator)
@@ -241,15 +254,18 @@ class DsrModel(AnomalyModel):
             general_image = vq.decode(anomalous_lo, anomalous_hi)
         size = images.shape[-2:]
         target = on_lo * unpool_mask(mask_lo, size) + on_hi_only * unpool_mask(mask_hi, size)
+        return LatentAnomalies(images, quantized_lo, quantized_hi, anomalous_lo, anomalous_hi, general_image, target)
+
+    def _object_terms(self, batch: TrainBatch, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Stage 2: restore latent anomalies to normal codes, decode them, and find them in the image."""
+        sample = self.simulate_latent(batch, images)
         with batch.autocast():
-            restored_hi, requantized_hi, _ = networks.subspace_hi(anomalous_hi, vq.quantizer_hi)
-            restored_lo, requantized_lo, _ = networks.subspace_lo(anomalous_lo, vq.quantizer_lo)
-            object_image = networks.object_decoder(vq.join(requantized_lo, requantized_hi))
-            logits = networks.anomaly_detection(object_image.detach(), general_image)
-        terms = {"feature_hi": F.mse_loss(restored_hi.float(), quantized_hi.float()),
-                 "feature_lo": F.mse_loss(restored_lo.float(), quantized_lo.float()),
-                 "object_l2": F.mse_loss(object_image.float(), images.float()),
-                 "focal": focal_loss(torch.softmax(logits.float(), dim=1), target)}
+            restored = self.networks.restore(sample.anomalous_lo, sample.anomalous_hi)
+            logits = self.networks.anomaly_detection(restored.object_image.detach(), sample.general_image)
+        terms = {"feature_hi": F.mse_loss(restored.features_hi.float(), sample.quantized_hi.float()),
+                 "feature_lo": F.mse_loss(restored.features_lo.float(), sample.quantized_lo.float()),
+                 "object_l2": F.mse_loss(restored.object_image.float(), sample.images.float()),
+                 "focal": focal_loss(torch.softmax(logits.float(), dim=1), sample.target)}
         terms["total"] = terms["feature_hi"] + terms["feature_lo"] + IMAGE_WEIGHT * terms["object_l2"] + terms["focal"]
         return terms
 
@@ -269,16 +285,14 @@ class DsrModel(AnomalyModel):
         """(object-specific image, general image, detection logits) of images in the general model's order."""
         networks, vq = self.networks, self.networks.vq
         encoded = vq.encode(images)
-        _, restored_hi, _ = networks.subspace_hi(encoded.hi.quantized, vq.quantizer_hi)
-        _, restored_lo, _ = networks.subspace_lo(encoded.lo.quantized, vq.quantizer_lo)
-        object_image = networks.object_decoder(vq.join(restored_lo, restored_hi))
+        object_image = networks.restore(encoded.lo.quantized, encoded.hi.quantized).object_image
         general_image = vq.decode(encoded.lo.quantized, encoded.hi.quantized)
         return object_image, general_image, networks.anomaly_detection(object_image, general_image)
 
     def predict(self, images: torch.Tensor, valid: torch.Tensor | None = None,
                 window: int = IMAGE_SCORE_WINDOW) -> tuple[torch.Tensor, torch.Tensor]:
         """The upsampling module's maps; scores from the detection module's (before upsampling), as the authors."""
-        object_image, general_image, logits = self._detect(self._ordered(images))
+        object_image, general_image, logits = self._detect(self.in_general_order(images))
         probabilities = torch.softmax(logits.float(), dim=1)
         refined = self.networks.upsampling(object_image, general_image, probabilities)
         maps = torch.softmax(refined.float(), dim=1)[:, 1]

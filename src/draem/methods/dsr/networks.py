@@ -405,6 +405,16 @@ class SubspaceRestrictionModule(nn.Module):
         return features, quantized.quantized, quantized.loss
 
 
+class Restored(NamedTuple):
+    """The subspace restriction modules' output on both levels and the object-specific decoder's image."""
+
+    features_lo: torch.Tensor
+    quantized_lo: torch.Tensor
+    features_hi: torch.Tensor
+    quantized_hi: torch.Tensor
+    object_image: torch.Tensor
+
+
 class ImageReconstructionNetwork(nn.Module):
     """Object-specific appearance decoder: joined codes (B, 2D, H/4, W/4) -> image (B, 3, H, W)."""
 
@@ -481,6 +491,13 @@ class DsrNetworks(nn.Module):
     def forward(self, image: torch.Tensor, score_window: int = 21) -> dict[str, torch.Tensor]:
         return dsr_inference(self, image, score_window)
 
+    def restore(self, quantized_lo: torch.Tensor, quantized_hi: torch.Tensor) -> Restored:
+        """Both levels' codes restricted to the object's subspace, and the object-specific decoder's image of them."""
+        features_hi, restored_hi, _ = self.subspace_hi(quantized_hi, self.vq.quantizer_hi)
+        features_lo, restored_lo, _ = self.subspace_lo(quantized_lo, self.vq.quantizer_lo)
+        object_image = self.object_decoder(self.vq.join(restored_lo, restored_hi))
+        return Restored(features_lo, restored_lo, features_hi, restored_hi, object_image)
+
 
 def image_scores(anomaly_probabilities: torch.Tensor, window: int = 21) -> torch.Tensor:
     """Per image, the max of the window x window mean-filtered anomaly channel (zero padding counted in the mean)."""
@@ -492,22 +509,20 @@ def dsr_inference(networks: DsrNetworks, image: torch.Tensor, score_window: int 
     """The authors' test-time path on images (B, 3, H, W) in [0, 1]; every intermediate by name."""
     vq = networks.vq
     latent = vq(image)
-    hi_features, hi_quantized, _ = networks.subspace_hi(latent.quantized_hi, vq.quantizer_hi)
-    lo_features, lo_quantized, _ = networks.subspace_lo(latent.quantized_lo, vq.quantizer_lo)
-    object_image = networks.object_decoder(vq.join(lo_quantized, hi_quantized))
+    restored = networks.restore(latent.quantized_lo, latent.quantized_hi)
     general_image = vq.decode(latent.quantized_lo, latent.quantized_hi)
-    detection = networks.anomaly_detection(object_image, general_image)
+    detection = networks.anomaly_detection(restored.object_image, general_image)
     probabilities = torch.softmax(detection, dim=1)
-    upsampled = networks.upsampling(object_image, general_image, probabilities)
+    upsampled = networks.upsampling(restored.object_image, general_image, probabilities)
     return {
         "quantized_lo": latent.quantized_lo,
         "quantized_hi": latent.quantized_hi,
         "general_image_from_input": latent.image,
-        "subspace_hi_features": hi_features,
-        "subspace_hi_quantized": hi_quantized,
-        "subspace_lo_features": lo_features,
-        "subspace_lo_quantized": lo_quantized,
-        "object_image": object_image,
+        "subspace_hi_features": restored.features_hi,
+        "subspace_hi_quantized": restored.quantized_hi,
+        "subspace_lo_features": restored.features_lo,
+        "subspace_lo_quantized": restored.quantized_lo,
+        "object_image": restored.object_image,
         "general_image": general_image,
         "anomaly_detection_logits": detection,
         "upsampling_logits": upsampled,
