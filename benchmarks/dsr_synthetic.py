@@ -11,6 +11,8 @@ Per run, on its dataset's test images (not trained on):
   its mean inside the anomalies over its mean outside them, for the latent anomalies and for the real defects
   (masks of the defective images), and the contrast of |general image - input| on the real defects (above 1: the
   general model does not reproduce the defect);
+- on the defective images alone, the pixel AUROC of the detection module's anomaly channel and that of the raw
+  disagreement (what the module would find if it read the disagreement alone);
 beside the run's test metrics on the real defects (metrics.json). High synthetic and low real figures: what it
 trains on is not the product's defects; low synthetic figures: the stage has not learnt its own task in its steps.
 """
@@ -38,7 +40,8 @@ from draem.scoring import image_score
 BATCH = 8
 FIGURES = ("latent_pixel_auroc", "latent_image_auroc", "smudge_pixel_auroc", "smudge_image_auroc",
            "latent_disagreement_contrast", "real_disagreement_contrast", "real_general_error_contrast",
-           "real_pixel_auroc", "real_image_auroc")
+           "defective_detection_pixel_auroc", "defective_disagreement_pixel_auroc", "real_pixel_auroc",
+           "real_image_auroc")
 
 
 def contrast(change: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, float, float]:
@@ -67,13 +70,17 @@ def on_good(model: DsrModel, images: torch.Tensor, window: int, generator: torch
 
 @torch.no_grad()
 def on_defective(model: DsrModel, images: torch.Tensor, masks: torch.Tensor) -> dict[str, tuple]:
-    """The real defects' sums (`contrast`) of the decoders' disagreement and of the general model's error."""
+    """The real defects' sums (`contrast`) of the decoders' disagreement and of the general model's error, and
+    the (detection module's anomaly channel, disagreement) maps."""
     ordered = model.in_general_order(images)
     encoded = model.networks.vq.encode(ordered)
     general = model.networks.vq.decode(encoded.lo.quantized, encoded.hi.quantized)
     restored = model.networks.restore(encoded.lo.quantized, encoded.hi.quantized)
-    return {"real_disagreement": contrast((restored.object_image - general).abs().mean(dim=1), masks),
-            "real_general_error": contrast((general - ordered).abs().mean(dim=1), masks)}
+    disagreement = (restored.object_image - general).abs().mean(dim=1)
+    detection = torch.softmax(model.networks.anomaly_detection(restored.object_image, general).float(), dim=1)[:, 1]
+    return {"real_disagreement": contrast(disagreement, masks),
+            "real_general_error": contrast((general - ordered).abs().mean(dim=1), masks),
+            "maps": (detection, disagreement)}
 
 
 def measure(run: Path, data: Path, draws: int, seed: int) -> dict[str, float]:
@@ -95,10 +102,17 @@ def measure(run: Path, data: Path, draws: int, seed: int) -> dict[str, float]:
                     store.append(part.flatten())
             else:
                 sums[kind] = sums.get(kind, torch.zeros(4)) + torch.tensor(parts)
+    maps: list[list[torch.Tensor]] = [[], [], []]
     for batch in DataLoader(LabelledImages(defective, info.image_size, info.fit, info.resize), batch_size=BATCH):
         for kind, parts in on_defective(model, batch["image"], batch["mask"]).items():
-            sums[kind] = sums.get(kind, torch.zeros(4)) + torch.tensor(parts)
-    figures = {}
+            if kind == "maps":
+                for store, part in zip(maps, (*parts, batch["mask"]), strict=True):
+                    store.append(part.flatten())
+            else:
+                sums[kind] = sums.get(kind, torch.zeros(4)) + torch.tensor(parts)
+    masks = torch.cat(maps[2]).numpy() > 0.5
+    figures = {"defective_detection_pixel_auroc": auroc(torch.cat(maps[0]).numpy(), masks),
+               "defective_disagreement_pixel_auroc": auroc(torch.cat(maps[1]).numpy(), masks)}
     for kind, (maps, targets, scores, labels) in scored.items():
         figures[f"{kind}_pixel_auroc"] = auroc(torch.cat(maps).numpy(), torch.cat(targets).numpy() > 0.5)
         figures[f"{kind}_image_auroc"] = auroc(torch.cat(scores).numpy(), torch.cat(labels).numpy() > 0.5)
