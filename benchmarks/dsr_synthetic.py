@@ -73,11 +73,9 @@ def on_defective(model: DsrModel, images: torch.Tensor, masks: torch.Tensor) -> 
     """The real defects' sums (`contrast`) of the decoders' disagreement and of the general model's error, and
     the (detection module's anomaly channel, disagreement) maps."""
     ordered = model.in_general_order(images)
-    encoded = model.networks.vq.encode(ordered)
-    general = model.networks.vq.decode(encoded.lo.quantized, encoded.hi.quantized)
-    restored = model.networks.restore(encoded.lo.quantized, encoded.hi.quantized)
-    disagreement = (restored.object_image - general).abs().mean(dim=1)
-    detection = torch.softmax(model.networks.anomaly_detection(restored.object_image, general).float(), dim=1)[:, 1]
+    object_image, general, logits = model.detect(ordered)
+    disagreement = (object_image - general).abs().mean(dim=1)
+    detection = torch.softmax(logits.float(), dim=1)[:, 1]
     return {"real_disagreement": contrast(disagreement, masks),
             "real_general_error": contrast((general - ordered).abs().mean(dim=1), masks),
             "maps": (detection, disagreement)}

@@ -273,7 +273,7 @@ class DsrModel(AnomalyModel):
         """Stage 3: the upsampling module refines the detection of colour smudges."""
         smudged = colour_smudges(images, batch.generator)
         with torch.no_grad(), batch.autocast():
-            object_image, general_image, logits = self._detect(
+            object_image, general_image, logits = self.detect(
                 smudged.augmented.contiguous(memory_format=batch.memory_format))
             probabilities = torch.softmax(logits.float(), dim=1)
         with batch.autocast():
@@ -281,7 +281,7 @@ class DsrModel(AnomalyModel):
         focal = focal_loss(torch.softmax(refined.float(), dim=1), smudged.mask)
         return {"upsampling_focal": focal, "total": focal}
 
-    def _detect(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def detect(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(object-specific image, general image, detection logits) of images in the general model's order."""
         networks, vq = self.networks, self.networks.vq
         encoded = vq.encode(images)
@@ -292,7 +292,7 @@ class DsrModel(AnomalyModel):
     def predict(self, images: torch.Tensor, valid: torch.Tensor | None = None,
                 window: int = IMAGE_SCORE_WINDOW) -> tuple[torch.Tensor, torch.Tensor]:
         """The upsampling module's maps; scores from the detection module's (before upsampling), as the authors."""
-        object_image, general_image, logits = self._detect(self.in_general_order(images))
+        object_image, general_image, logits = self.detect(self.in_general_order(images))
         probabilities = torch.softmax(logits.float(), dim=1)
         refined = self.networks.upsampling(object_image, general_image, probabilities)
         maps = torch.softmax(refined.float(), dim=1)[:, 1]
