@@ -11,9 +11,9 @@ Two settings, as the README's family table and the demo:
   fp32 training; DSR's general model 400 steps on the texture images with the demo preset's sizes.
 Tests are fp32. The general model is trained once per setting (seed 0) and shared by every DSR run. Runs are
 resumable and reused once tested; --rows picks rows and variants of them (`dsr:upsampling_share=0.5`); --steps and
---general-steps change the budget. --record writes docs/results/family-<data>-<recipe>-s<seed>.json (with
--steps<N> and -general<N> where those differ). Under the paper recipe the score window is 5; under the budget
-recipe it is chosen, as that recipe does.
+--general-steps change the budget; --average-weights trains every row with it. --record writes
+docs/results/family-<data>-<recipe>-s<seed>.json (with -steps<N>, -general<N> and -averaged where those apply).
+Under the paper recipe the score window is 5; under the budget recipe it is chosen, as that recipe does.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def main() -> None:
                              "(JSON values), e.g. dsr:upsampling_share=0.5")
     parser.add_argument("--steps", type=int, help="steps of every row (default: the setting's)")
     parser.add_argument("--general-steps", type=int, help="steps of DSR's general model (default: the setting's)")
+    parser.add_argument("--average-weights", action="store_true", help="train every row with --average-weights")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     name, _, path = args.data.partition("=")
@@ -116,10 +117,12 @@ def main() -> None:
             suffix += f"-general{general_steps}"
         if steps != setting["steps"]:
             suffix += f"-steps{steps}"
+        if args.average_weights:
+            suffix += "-averaged"
         folder = out / args.recipe / f"{row}{suffix}-s{args.seed}"
         config = TrainConfig(data=data, category=category, out=str(folder), method=method, preset=setting["preset"],
                              options=options, image_size=setting["size"], batch_size=8, max_steps=steps,
-                             recipe=args.recipe, precision=setting["precision"],
+                             recipe=args.recipe, precision=setting["precision"], average_weights=args.average_weights,
                              validation_fraction=setting["validation_fraction"], seed=args.seed, resume=True,
                              score_window=5 if args.recipe == "paper" else None)
         metrics = tested(config, data, category)
@@ -137,7 +140,8 @@ def main() -> None:
         columns = [("run", "run"), *((c, c.replace("_", " ")) for c in COLUMNS), ("types", "image AUROC by type"),
                    ("window", "score window")]
         variant = ((f"-steps{steps}" if steps != setting["steps"] else "")
-                   + (f"-general{general_steps}" if general_steps != setting["general_steps"] else ""))
+                   + (f"-general{general_steps}" if general_steps != setting["general_steps"] else "")
+                   + ("-averaged" if args.average_weights else ""))
         print(write_study(f"family-{name}-{args.recipe}-s{args.seed}{variant}", f"The family on {name}", columns,
                           rows, notes))
 
