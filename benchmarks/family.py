@@ -103,6 +103,9 @@ def main() -> None:
     else:
         data, category = path, None
     steps, general_steps = args.steps or setting["steps"], args.general_steps or setting["general_steps"]
+    steps_tag = f"-steps{steps}" if steps != setting["steps"] else ""
+    general_tag = f"-general{general_steps}" if general_steps != setting["general_steps"] else ""
+    averaged_tag = "-averaged" if args.average_weights else ""
     rows = []
     for spec in args.rows:
         row, overrides = parse_row(spec)
@@ -112,13 +115,8 @@ def main() -> None:
         options = {**options, **overrides}
         if method == "dsr":
             options["general_model"] = general_model(out, setting, args.textures, general_steps)
-        suffix = "".join(f"-{k}{v}" for k, v in overrides.items())
-        if method == "dsr" and general_steps != setting["general_steps"]:
-            suffix += f"-general{general_steps}"
-        if steps != setting["steps"]:
-            suffix += f"-steps{steps}"
-        if args.average_weights:
-            suffix += "-averaged"
+        suffix = ("".join(f"-{k}{v}" for k, v in overrides.items()) + (general_tag if method == "dsr" else "")
+                  + steps_tag + averaged_tag)
         folder = out / args.recipe / f"{row}{suffix}-s{args.seed}"
         config = TrainConfig(data=data, category=category, out=str(folder), method=method, preset=setting["preset"],
                              options=options, image_size=setting["size"], batch_size=8, max_steps=steps,
@@ -139,11 +137,8 @@ def main() -> None:
                  f"Fractions. Image AUROC per defect type: {kinds}.")
         columns = [("run", "run"), *((c, c.replace("_", " ")) for c in COLUMNS), ("types", "image AUROC by type"),
                    ("window", "score window")]
-        variant = ((f"-steps{steps}" if steps != setting["steps"] else "")
-                   + (f"-general{general_steps}" if general_steps != setting["general_steps"] else "")
-                   + ("-averaged" if args.average_weights else ""))
-        print(write_study(f"family-{name}-{args.recipe}-s{args.seed}{variant}", f"The family on {name}", columns,
-                          rows, notes))
+        print(write_study(f"family-{name}-{args.recipe}-s{args.seed}{steps_tag}{general_tag}{averaged_tag}",
+                          f"The family on {name}", columns, rows, notes))
 
 
 if __name__ == "__main__":
